@@ -1,0 +1,1 @@
+"""leasewire: IP address management and pod wiring for Kubernetes."""
