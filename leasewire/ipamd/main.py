@@ -1,0 +1,81 @@
+"""``leasewire ipamd``: serve the IPAM API, or only upgrade the database schema."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+
+from aiohttp import web
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+from leasewire.ipamd.app import create_app
+from leasewire.ipamd.db import upgrade_schema
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_TIMEOUT_S = 10.0
+"""Seconds that running requests get to finish after SIGTERM or SIGINT. A
+request is one short transaction, so 10 s leaves a wide margin."""
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (``[::1]:8470`` for IPv6) into host and port. Raises ValueError."""
+    host, separator, port_text = listen.rpartition(":")
+    if not separator or not host or not port_text.isdigit():
+        raise ValueError(f"invalid --listen {listen!r}: expected HOST:PORT, e.g. 127.0.0.1:8470")
+    port = int(port_text)
+    if not 0 < port < 65536:
+        raise ValueError(f"invalid --listen {listen!r}: port {port} is not in 1..65535")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, port
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``leasewire ipamd``: ``serve`` upgrades the schema, then serves the API.
+
+    ``migrate`` only upgrades the schema. Returns the exit status.
+    """
+    database_url: str = args.database
+    try:
+        url = make_url(database_url)
+    except ArgumentError as error:
+        log.error("invalid --database %r: %s", database_url, error)
+        return 2
+    shown_url = url.render_as_string(hide_password=True)
+
+    if args.action == "migrate":
+        try:
+            asyncio.run(upgrade_schema(database_url))
+        except (SQLAlchemyError, OSError) as error:
+            log.error("schema upgrade of %s failed: %s", shown_url, error)
+            return 1
+        return 0
+
+    try:
+        host, port = parse_listen(args.listen)
+    except ValueError as error:
+        log.error("%s", error)
+        return 2
+
+    log.info("ipamd starting on %s:%d with database %s", host, port, shown_url)
+    try:
+        # run_app turns SIGTERM and SIGINT into a graceful shutdown: it stops
+        # accepting connections, lets running requests finish, then runs the
+        # cleanup context, which disposes of the database engine.
+        web.run_app(
+            create_app(database_url),
+            host=host,
+            port=port,
+            shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+            print=None,
+        )
+    except (SQLAlchemyError, OSError) as error:
+        log.error(
+            "ipamd failed to start on %s:%d with database %s: %s", host, port, shown_url, error
+        )
+        return 1
+    log.info("ipamd stopped")
+    return 0
