@@ -1,0 +1,310 @@
+"""Parse and validate what a CNI runtime sends: the CNI_* environment, CNI_ARGS
+and the network configuration. Pure functions, no I/O.
+
+Every problem is raised as a CniError that carries the CNI error code the
+runtime gets back, and a message that names the variable, key or value.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from ipaddress import IPv4Address, IPv6Address, ip_address, ip_interface
+from typing import Any
+
+from leasewire.drivers.base import interface_name_problem
+
+SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+# Version of an error reply when the configuration names no usable cniVersion.
+FALLBACK_VERSION = "1.1.0"
+
+# Error codes defined by the CNI specification.
+ERR_INCOMPATIBLE_VERSION = 1
+ERR_INVALID_ENV = 4
+ERR_IO = 5
+ERR_DECODE = 6
+ERR_INVALID_CONFIG = 7
+ERR_TRY_AGAIN_LATER = 11
+# Plugin-specific codes; the CNI specification reserves 100 and up for these.
+ERR_LEASE_REJECTED = 100
+ERR_INTERFACE_EXISTS = 101
+ERR_ATTACH_FAILED = 102
+ERR_CHECK_FAILED = 103
+ERR_NETNS_NOT_FOUND = 104
+ERR_INTERNAL = 999
+
+DEFAULT_DRIVER = "bridge"
+DEFAULT_MTU = 1500
+MIN_MTU = 68
+MAX_MTU = 65535
+
+# Same rules as libcni: a network name and a container id start with an
+# alphanumeric character and continue with alphanumerics, "_", "." or "-".
+NAME_PATTERN = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
+
+# Top-level keys that the node daemon itself reads or that runtimes add. All
+# other top-level keys are passed to the driver as options.
+COMMON_KEYS = frozenset(
+    {
+        "cniVersion",
+        "cniVersions",
+        "name",
+        "type",
+        "pool",
+        "driver",
+        "options",
+        "mtu",
+        "socket",
+        "ipam",
+        "dns",
+        "args",
+        "runtimeConfig",
+        "prevResult",
+        "capabilities",
+    }
+)
+
+
+class CniError(Exception):
+    """An error to return to the runtime as a CNI error object."""
+
+    def __init__(self, code: int, msg: str, details: str = "") -> None:
+        super().__init__(msg)
+        self.code = code
+        self.msg = msg
+        self.details = details
+
+    def to_json(self, version: str) -> str:
+        error: dict[str, object] = {"cniVersion": version, "code": self.code, "msg": self.msg}
+        if self.details:
+            error["details"] = self.details
+        return json.dumps(error) + "\n"
+
+
+class Command(StrEnum):
+    ADD = "ADD"
+    DEL = "DEL"
+    CHECK = "CHECK"
+    GC = "GC"
+    STATUS = "STATUS"
+    VERSION = "VERSION"
+
+
+# Variables that must be set and non-empty for each verb (CNI specification,
+# section "Parameters"). CNI_NETNS is optional for DEL: runtimes send it empty
+# once the namespace is gone.
+REQUIRED_VARIABLES: dict[Command, tuple[str, ...]] = {
+    Command.ADD: ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"),
+    Command.DEL: ("CNI_CONTAINERID", "CNI_IFNAME"),
+    Command.CHECK: ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"),
+    Command.GC: ("CNI_PATH",),
+    Command.STATUS: (),
+    Command.VERSION: (),
+}
+
+# Oldest configuration version that defines each verb.
+FIRST_VERSION: dict[Command, str] = {
+    Command.CHECK: "0.4.0",
+    Command.GC: "1.1.0",
+    Command.STATUS: "1.1.0",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class CniEnv:
+    """The CNI_* variables of one call, validated for its verb."""
+
+    command: Command
+    container_id: str
+    netns: str
+    ifname: str
+    args: dict[str, str]
+    path: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class NetworkConfig:
+    """The network configuration of one call, validated."""
+
+    cni_version: str
+    name: str
+    pool: str | None
+    driver: str
+    # MTU of the pod interface, in bytes.
+    mtu: int
+    # Driver-specific keys: the unknown top-level keys, overlaid by "options".
+    options: dict[str, object]
+    raw: dict[str, Any] = field(repr=False)
+
+
+def parse_command(env: Mapping[str, str]) -> Command:
+    value = env.get("CNI_COMMAND", "")
+    if not value:
+        raise CniError(ERR_INVALID_ENV, "required env variables [CNI_COMMAND] missing")
+    try:
+        return Command(value)
+    except ValueError:
+        known = ", ".join(command.value for command in Command)
+        raise CniError(
+            ERR_INVALID_ENV, f"unknown CNI_COMMAND: {value}", f"known commands: {known}"
+        ) from None
+
+
+def parse_cni_args(text: str) -> dict[str, str]:
+    """Split CNI_ARGS ("K1=V1;K2=V2") into a dict.
+
+    Pairs are split on the first "=", so values may contain "=". Unknown keys
+    are kept and ignored by the callers, whether or not IgnoreUnknown is set.
+    """
+    args: dict[str, str] = {}
+    for pair in text.split(";"):
+        if not pair:
+            continue
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CniError(
+                ERR_INVALID_ENV,
+                f"invalid CNI_ARGS pair {pair!r}: expected KEY=VALUE",
+                f"CNI_ARGS={text}",
+            )
+        args[key] = value
+    return args
+
+
+def parse_env(env: Mapping[str, str], command: Command) -> CniEnv:
+    """Validate the CNI_* variables for ``command``.
+
+    A variable that is set but empty counts as missing, as in libcni, which
+    sends every variable and leaves the unused ones empty.
+    """
+    missing = [name for name in REQUIRED_VARIABLES[command] if not env.get(name)]
+    if missing:
+        raise CniError(ERR_INVALID_ENV, f"required env variables [{','.join(missing)}] missing")
+
+    container_id = env.get("CNI_CONTAINERID", "")
+    if container_id and not NAME_PATTERN.match(container_id):
+        raise CniError(
+            ERR_INVALID_ENV,
+            f"invalid CNI_CONTAINERID {container_id!r}: it must start with a letter or digit "
+            "and contain only letters, digits, '_', '.' and '-'",
+        )
+    ifname = env.get("CNI_IFNAME", "")
+    if ifname:
+        problem = interface_name_problem(ifname)
+        if problem:
+            raise CniError(ERR_INVALID_ENV, f"invalid CNI_IFNAME {ifname!r}: {problem}")
+
+    return CniEnv(
+        command=command,
+        container_id=container_id,
+        netns=env.get("CNI_NETNS", ""),
+        ifname=ifname,
+        args=parse_cni_args(env.get("CNI_ARGS", "")),
+        path=env.get("CNI_PATH", ""),
+    )
+
+
+def version_of(text: str) -> str:
+    """Return the cniVersion of a configuration for error replies, or a fallback."""
+    try:
+        config = json.loads(text)
+    except ValueError:
+        return FALLBACK_VERSION
+    version = config.get("cniVersion") if isinstance(config, dict) else None
+    return version if isinstance(version, str) and version else FALLBACK_VERSION
+
+
+def _invalid(key: str, value: object, expected: str) -> CniError:
+    return CniError(ERR_INVALID_CONFIG, f"invalid value {value!r} for {key!r}: expected {expected}")
+
+
+def parse_network_config(text: str) -> NetworkConfig:
+    """Decode and validate the network configuration from stdin."""
+    if not text.strip():
+        raise CniError(ERR_DECODE, "the network configuration on stdin is empty")
+    try:
+        raw = json.loads(text)
+    except ValueError as error:
+        raise CniError(
+            ERR_DECODE, "failed to decode the network configuration: invalid JSON", str(error)
+        ) from None
+    if not isinstance(raw, dict):
+        raise CniError(ERR_DECODE, "the network configuration is not a JSON object")
+
+    # Without cniVersion a configuration means 0.1.0, which is not supported.
+    version = raw.get("cniVersion")
+    if version not in SUPPORTED_VERSIONS:
+        raise CniError(
+            ERR_INCOMPATIBLE_VERSION,
+            f"incompatible CNI versions: config requests {version!r}",
+            f"supported versions: {', '.join(SUPPORTED_VERSIONS)}",
+        )
+    assert isinstance(version, str)
+
+    name = raw.get("name")
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise _invalid("name", name, "a network name of letters, digits, '_', '.' and '-'")
+
+    pool = raw.get("pool")
+    if pool is not None and (not isinstance(pool, str) or not pool):
+        raise _invalid("pool", pool, "the name of an ipamd pool")
+
+    driver = raw.get("driver", DEFAULT_DRIVER)
+    if not isinstance(driver, str) or not driver:
+        raise _invalid("driver", driver, "the name of an attach driver, e.g. 'bridge'")
+
+    mtu = raw.get("mtu", DEFAULT_MTU)
+    if isinstance(mtu, bool) or not isinstance(mtu, int) or not MIN_MTU <= mtu <= MAX_MTU:
+        raise _invalid("mtu", mtu, f"an integer from {MIN_MTU} to {MAX_MTU} (bytes)")
+
+    extra = raw.get("options", {})
+    if not isinstance(extra, dict):
+        raise _invalid("options", extra, "a JSON object of driver options")
+    options = {key: value for key, value in raw.items() if key not in COMMON_KEYS}
+    options.update(extra)
+
+    return NetworkConfig(
+        cni_version=version,
+        name=name,
+        pool=pool,
+        driver=driver,
+        mtu=mtu,
+        options=options,
+        raw=raw,
+    )
+
+
+def requested_address(config: NetworkConfig, env: CniEnv) -> IPv4Address | IPv6Address | None:
+    """Return the static address the runtime requests, if any.
+
+    Sources in the order of precedence the CNI conventions give:
+    runtimeConfig "ips", then args.cni "ips", then CNI_ARGS "IP". Only one
+    address per attachment is supported. A prefix length is ignored, because
+    the pool sets it.
+    """
+    candidates: list[tuple[str, object]] = []
+    runtime_config = config.raw.get("runtimeConfig")
+    if isinstance(runtime_config, dict) and "ips" in runtime_config:
+        candidates.append(("runtimeConfig.ips", runtime_config["ips"]))
+    args = config.raw.get("args")
+    cni_args = args.get("cni") if isinstance(args, dict) else None
+    if isinstance(cni_args, dict) and "ips" in cni_args:
+        candidates.append(("args.cni.ips", cni_args["ips"]))
+    if env.args.get("IP"):
+        candidates.append(("CNI_ARGS IP", env.args["IP"].split(",")))
+
+    for source, value in candidates:
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise _invalid(source, value, "a list of IP addresses")
+        if not value:
+            continue
+        if len(value) > 1:
+            raise _invalid(source, value, "a single address; leasewire leases one per interface")
+        try:
+            return ip_interface(value[0]).ip if "/" in value[0] else ip_address(value[0])
+        except ValueError:
+            raise _invalid(source, value[0], "an IPv4 or IPv6 address") from None
+    return None
