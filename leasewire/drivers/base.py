@@ -44,6 +44,24 @@ class CheckFailedError(DriverError):
     """The live state of an attachment differs from what attach created."""
 
 
+class DeviceInUseError(DriverError):
+    """A device that attach has to take is already held by another attachment."""
+
+    def __init__(self, message: str, holder: str) -> None:
+        super().__init__(message)
+        self.holder = holder
+
+
+@dataclass(frozen=True, kw_only=True)
+class PodAddress:
+    """One leased address of a pod interface and the gateway of its pool."""
+
+    # Leased address with the pool's prefix length, e.g. 10.0.0.5/24.
+    address: IPInterface
+    # Pool gateway; None when the pool has none, so no default route is set.
+    gateway: IPAddress | None
+
+
 @dataclass(frozen=True, kw_only=True)
 class AttachRequest:
     """Everything a driver needs to wire one pod interface."""
@@ -61,6 +79,15 @@ class AttachRequest:
     mtu: int
     # Driver-specific keys of the network configuration; unknown keys are ignored.
     options: Mapping[str, object]
+    # MAC address the runtime requests for the pod interface, or None for any.
+    mac: str | None = None
+    # Further leases of the same interface, e.g. the IPv6 lease of a dual-stack
+    # pod, at most one per IP family besides ``address``.
+    extra_addresses: tuple[PodAddress, ...] = ()
+
+    def addresses(self) -> tuple[PodAddress, ...]:
+        """Return every leased address of the interface, ``address`` first."""
+        return (PodAddress(address=self.address, gateway=self.gateway), *self.extra_addresses)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,6 +111,11 @@ class CheckRequest:
     address: IPInterface
     gateway: IPAddress | None
     options: Mapping[str, object]
+    extra_addresses: tuple[PodAddress, ...] = ()
+
+    def addresses(self) -> tuple[PodAddress, ...]:
+        """Return every address the attachment should have, ``address`` first."""
+        return (PodAddress(address=self.address, gateway=self.gateway), *self.extra_addresses)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -95,6 +127,8 @@ class AttachedInterface:
     mac: str
     # Netns path for an interface inside the pod, None for a host interface.
     sandbox: str | None = None
+    # PCI address of the device behind the interface (SR-IOV VF), shown in CNI 1.1 results.
+    pci_id: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

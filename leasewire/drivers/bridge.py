@@ -8,6 +8,18 @@ never removes it; detach removes only the veth pair of one attachment.
 Network configuration keys read by this driver:
 
 - ``bridge``: name of the host bridge (default ``lw0``).
+- ``vlan``: VLAN id 1-4094 of the pod's bridge port (default: none). The
+  bridge gets VLAN filtering, the port carries the VLAN untagged as its PVID,
+  and the gateway addresses sit on a VLAN link ``<bridge>.<vlan>`` on top of
+  the bridge (this needs the kernel's 8021q module).
+- ``hairpinMode``: send a pod's frames back out of its own port, so a pod can
+  reach itself through a service address (default false).
+- ``promiscMode``: set the bridge promiscuous (default false).
+
+The bridge is created with the configured MTU. Every leased address of the
+pod (IPv4 and IPv6) is configured, its pool's gateway added to the bridge and
+a default route per family added in the pod. IPv6 addresses skip duplicate
+address detection.
 """
 
 from __future__ import annotations
@@ -16,9 +28,8 @@ import asyncio
 import errno
 import logging
 import os
-import socket
 from collections.abc import Mapping
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass
 from ipaddress import ip_interface
 from typing import Any, ClassVar
@@ -37,16 +48,15 @@ from leasewire.drivers.base import (
     DriverError,
     InterfaceExistsError,
     InvalidOptionError,
-    IPAddress,
-    IPInterface,
+    PodAddress,
     interface_name_problem,
 )
 from leasewire.drivers.netlink import (
+    MAX_IFNAME_LENGTH,
     Message,
     delete_link,
     find_link,
     host_veth_name,
-    link_addresses,
     link_kind,
     link_mac,
     netlink_step,
@@ -54,11 +64,17 @@ from leasewire.drivers.netlink import (
     random_mac,
     temporary_name,
 )
+from leasewire.drivers.podnet import add_address, check_pod_link, configure_pod_link, is_up
 
 DEFAULT_BRIDGE = "lw0"
 # Prefix of the pod end's name between its creation on the host and its
 # rename inside the pod, so a leftover is recognisable.
 PEER_PREFIX = "lwp"
+
+MIN_VLAN = 1
+MAX_VLAN = 4094
+# IFF_PROMISC from linux/if.h.
+IFF_PROMISC = 0x100
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +82,28 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class BridgeOptions:
     bridge: str
+    vlan: int | None = None
+    hairpin: bool = False
+    promiscuous: bool = False
+
+    @property
+    def gateway_link(self) -> str:
+        """Name of the link that carries the gateway addresses."""
+        if self.vlan is None:
+            return self.bridge
+        return vlan_link_name(self.bridge, self.vlan)
+
+
+def vlan_link_name(bridge: str, vlan: int) -> str:
+    suffix = f".{vlan}"
+    return bridge[: MAX_IFNAME_LENGTH - len(suffix)] + suffix
+
+
+def _flag(options: Mapping[str, object], key: str) -> bool:
+    value = options.get(key, False)
+    if not isinstance(value, bool):
+        raise InvalidOptionError(key, value, "expected true or false")
+    return value
 
 
 def parse_options(options: Mapping[str, object]) -> BridgeOptions:
@@ -75,11 +113,18 @@ def parse_options(options: Mapping[str, object]) -> BridgeOptions:
     problem = interface_name_problem(bridge)
     if problem:
         raise InvalidOptionError("bridge", bridge, f"not a valid interface name: {problem}")
-    return BridgeOptions(bridge=bridge)
 
-
-def _default_route(address: IPInterface) -> str:
-    return "0.0.0.0/0" if address.version == 4 else "::/0"
+    vlan = options.get("vlan")
+    if vlan is not None and (
+        isinstance(vlan, bool) or not isinstance(vlan, int) or not MIN_VLAN <= vlan <= MAX_VLAN
+    ):
+        raise InvalidOptionError("vlan", vlan, f"expected a VLAN id from {MIN_VLAN} to {MAX_VLAN}")
+    return BridgeOptions(
+        bridge=bridge,
+        vlan=vlan,
+        hairpin=_flag(options, "hairpinMode"),
+        promiscuous=_flag(options, "promiscMode"),
+    )
 
 
 class BridgeDriver(Driver):
@@ -106,13 +151,13 @@ class BridgeDriver(Driver):
                     f"interface {request.ifname!r} already exists in {request.netns!r}"
                 )
 
-            bridge = await self._ensure_bridge(ipr, options.bridge, request)
+            bridge = await self._ensure_bridge(ipr, options, request)
 
             async with AsyncExitStack() as undo:
                 await self._create_veth(ipr, host_name, peer_name, request)
                 undo.push_async_callback(self._undo_veth, ipr, host_name)
 
-                host = await self._plug_host_end(ipr, host_name, bridge, request.mtu)
+                host = await self._plug_host_end(ipr, host_name, bridge, options, request.mtu)
                 await self._move_into_pod(ipr, peer_name, request.netns)
                 pod_link = await self._configure_pod_end(pod, peer_name, request)
 
@@ -166,26 +211,19 @@ class BridgeDriver(Driver):
                 raise CheckFailedError(
                     f"host veth {host_name!r} is not attached to bridge {options.bridge!r}"
                 )
+            if not is_up(bridge):
+                raise CheckFailedError(f"bridge {options.bridge!r} is down")
 
         async with open_netns(request.netns) as pod:
-            link = await find_link(pod, request.ifname)
-            if link is None:
-                raise CheckFailedError(
-                    f"interface {request.ifname!r} does not exist in {request.netns!r}"
-                )
-            expected = (str(request.address.ip), request.address.network.prefixlen)
-            if expected not in await link_addresses(pod, link["index"]):
-                raise CheckFailedError(
-                    f"interface {request.ifname!r} in {request.netns!r} "
-                    f"does not have address {request.address}"
-                )
-            if request.gateway is not None and not await _has_default_route(pod, request.gateway):
-                raise CheckFailedError(
-                    f"no default route via {request.gateway} in {request.netns!r}"
-                )
+            await check_pod_link(
+                pod, ifname=request.ifname, netns=request.netns, addresses=request.addresses()
+            )
 
-    async def _ensure_bridge(self, ipr: Any, name: str, request: AttachRequest) -> Message:
-        """Create the bridge if needed, give it the gateway address and set it up."""
+    async def _ensure_bridge(
+        self, ipr: Any, options: BridgeOptions, request: AttachRequest
+    ) -> Message:
+        """Create the bridge if needed, give it the gateway addresses and set it up."""
+        name = options.bridge
         lock = self._bridge_locks.setdefault(name, asyncio.Lock())
         async with lock:
             bridge = await find_link(ipr, name)
@@ -193,7 +231,9 @@ class BridgeDriver(Driver):
                 try:
                     # A fixed MAC keeps the bridge's address stable while ports
                     # come and go, so neighbours' ARP entries for the gateway stay valid.
-                    await ipr.link("add", ifname=name, kind="bridge", address=random_mac())
+                    await ipr.link(
+                        "add", ifname=name, kind="bridge", address=random_mac(), mtu=request.mtu
+                    )
                     logger.info("Created bridge %s", name)
                 except NetlinkError as error:
                     # Another process created it in the meantime.
@@ -209,25 +249,81 @@ class BridgeDriver(Driver):
                     f"interface {name!r} exists but is of kind {kind!r}, not a bridge; "
                     "choose another 'bridge' name in the network configuration"
                 )
-
-            if request.gateway is not None:
-                gateway = ip_interface(f"{request.gateway}/{request.address.network.prefixlen}")
-                try:
-                    await ipr.addr(
-                        "add",
-                        index=bridge["index"],
-                        address=str(gateway.ip),
-                        prefixlen=gateway.network.prefixlen,
+            if options.promiscuous and not bridge["flags"] & IFF_PROMISC:
+                with netlink_step(f"set bridge {name!r} promiscuous"):
+                    await ipr.link(
+                        "set", index=bridge["index"], flags=IFF_PROMISC, change=IFF_PROMISC
                     )
-                except NetlinkError as error:
-                    if error.code != errno.EEXIST:
-                        raise DriverError(
-                            f"failed to add gateway {gateway} to bridge {name!r}: {error}"
-                        ) from error
+            if options.vlan is not None:
+                await self._enable_vlan_filtering(ipr, bridge)
 
             with netlink_step(f"set bridge {name!r} up"):
                 await ipr.link("set", index=bridge["index"], state="up")
+
+            gateway_index = bridge["index"]
+            if options.vlan is not None and any(item.gateway for item in request.addresses()):
+                gateway_index = await self._ensure_vlan_link(ipr, bridge, options.vlan)
+            for item in request.addresses():
+                if item.gateway is None:
+                    continue
+                gateway = ip_interface(f"{item.gateway}/{item.address.network.prefixlen}")
+                with suppress(InterfaceExistsError):
+                    await add_address(
+                        ipr,
+                        gateway_index,
+                        PodAddress(address=gateway, gateway=None),
+                        f"{options.gateway_link!r}",
+                    )
+            (bridge,) = await ipr.link("get", index=bridge["index"])
             return bridge
+
+    async def _enable_vlan_filtering(self, ipr: Any, bridge: Message) -> None:
+        info = bridge.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA") or {}
+        if info.get("IFLA_BR_VLAN_FILTERING"):
+            return
+        try:
+            await ipr.link("set", index=bridge["index"], kind="bridge", br_vlan_filtering=1)
+        except NetlinkError as error:
+            raise DriverError(
+                f"failed to enable VLAN filtering on bridge {bridge.get('IFLA_IFNAME')!r}: "
+                f"{os.strerror(error.code)}; the 'vlan' option needs a kernel with "
+                "CONFIG_BRIDGE_VLAN_FILTERING"
+            ) from error
+        logger.info("Enabled VLAN filtering on bridge %s", bridge.get("IFLA_IFNAME"))
+
+    async def _ensure_vlan_link(self, ipr: Any, bridge: Message, vlan: int) -> int:
+        """Return the index of the VLAN link on the bridge that carries the VLAN's gateways."""
+        bridge_name = bridge.get("IFLA_IFNAME")
+        name = vlan_link_name(bridge_name, vlan)
+        link = await find_link(ipr, name)
+        if link is None:
+            # The bridge itself must pass the VLAN, tagged, to its own upper links.
+            with netlink_step(f"add VLAN {vlan} to bridge {bridge_name!r} itself"):
+                await ipr.vlan_filter(
+                    "add", index=bridge["index"], vlan_info={"vid": vlan}, vlan_flags="self"
+                )
+            try:
+                await ipr.link("add", ifname=name, kind="vlan", link=bridge["index"], vlan_id=vlan)
+                logger.info("Created VLAN link %s on bridge %s", name, bridge_name)
+            except NetlinkError as error:
+                if error.code == errno.EOPNOTSUPP:
+                    raise DriverError(
+                        f"failed to create VLAN link {name!r}: the kernel has no VLAN support "
+                        "(module 8021q); load it or drop the gateway from the pool"
+                    ) from error
+                if error.code != errno.EEXIST:
+                    raise DriverError(f"failed to create VLAN link {name!r}: {error}") from error
+            link = await find_link(ipr, name)
+            if link is None:
+                raise DriverError(f"VLAN link {name!r} disappeared right after its creation")
+        if link_kind(link) != "vlan":
+            raise DriverError(
+                f"interface {name!r} exists but is of kind {link_kind(link)!r}, not a VLAN link"
+            )
+        with netlink_step(f"set VLAN link {name!r} up"):
+            await ipr.link("set", index=link["index"], state="up")
+        index: int = link["index"]
+        return index
 
     async def _create_veth(
         self, ipr: Any, host_name: str, peer_name: str, request: AttachRequest
@@ -243,10 +339,27 @@ class BridgeDriver(Driver):
                 ) from error
             raise DriverError(f"failed to create veth pair {host_name!r}: {error}") from error
 
-    async def _plug_host_end(self, ipr: Any, host_name: str, bridge: Message, mtu: int) -> Message:
+    async def _plug_host_end(
+        self, ipr: Any, host_name: str, bridge: Message, options: BridgeOptions, mtu: int
+    ) -> Message:
         with netlink_step(f"attach veth {host_name!r} to the bridge"):
             (host,) = await ipr.link("get", ifname=host_name)
-            await ipr.link("set", index=host["index"], master=bridge["index"], mtu=mtu, state="up")
+            await ipr.link("set", index=host["index"], master=bridge["index"], mtu=mtu)
+        if options.hairpin:
+            with netlink_step(f"set hairpin mode on bridge port {host_name!r}"):
+                await ipr.brport("set", index=host["index"], mode=1)
+        if options.vlan is not None:
+            with netlink_step(f"put bridge port {host_name!r} in VLAN {options.vlan}"):
+                await ipr.vlan_filter(
+                    "add",
+                    index=host["index"],
+                    vlan_info={"vid": options.vlan, "flags": ["pvid", "untagged"]},
+                )
+                # Without this the port would also stay in the bridge's default VLAN 1.
+                if options.vlan != 1:
+                    await ipr.vlan_filter("del", index=host["index"], vlan_info={"vid": 1})
+        with netlink_step(f"set veth {host_name!r} up"):
+            await ipr.link("set", index=host["index"], state="up")
             (host,) = await ipr.link("get", index=host["index"])
         return host
 
@@ -260,8 +373,7 @@ class BridgeDriver(Driver):
                 os.close(fd)
 
     async def _configure_pod_end(self, pod: Any, peer_name: str, request: AttachRequest) -> Message:
-        """Rename the moved peer to CNI_IFNAME and give it the address and routes."""
-        address = request.address
+        """Rename the moved peer to CNI_IFNAME and give it the addresses and routes."""
         with netlink_step(f"find veth {peer_name!r} in {request.netns!r}"):
             # The ifindex can change when a link moves between namespaces, so
             # look the link up again by name.
@@ -269,19 +381,15 @@ class BridgeDriver(Driver):
         index = link["index"]
 
         with netlink_step(f"rename {peer_name!r} to {request.ifname!r} in {request.netns!r}"):
-            await pod.link("set", index=index, ifname=request.ifname, mtu=request.mtu)
-        with netlink_step(f"add address {address} to {request.ifname!r}"):
-            await pod.addr(
-                "add", index=index, address=str(address.ip), prefixlen=address.network.prefixlen
-            )
-        with netlink_step(f"set {request.ifname!r} up in {request.netns!r}"):
-            await pod.link("set", index=index, state="up")
-        if request.gateway is not None:
-            with netlink_step(f"add default route via {request.gateway} in {request.netns!r}"):
-                await pod.route("add", dst=_default_route(address), gateway=str(request.gateway))
-
-        (link,) = await pod.link("get", index=index)
-        return link
+            await pod.link("set", index=index, ifname=request.ifname)
+        return await configure_pod_link(
+            pod,
+            index,
+            ifname=request.ifname,
+            netns=request.netns,
+            addresses=request.addresses(),
+            mtu=request.mtu,
+        )
 
     async def _undo_veth(self, ipr: Any, host_name: str) -> None:
         """Delete the veth pair of a failed attach. A netlink or OS error is logged, not raised."""
@@ -292,11 +400,3 @@ class BridgeDriver(Driver):
             logger.exception(
                 "Failed to delete veth %s while rolling back; delete it by hand", host_name
             )
-
-
-async def _has_default_route(pod: Any, gateway: IPAddress) -> bool:
-    family = socket.AF_INET if gateway.version == 4 else socket.AF_INET6
-    async for route in await pod.route("dump", family=family):
-        if route["dst_len"] == 0 and route.get("RTA_GATEWAY") == str(gateway):
-            return True
-    return False

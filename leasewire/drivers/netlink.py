@@ -19,6 +19,7 @@ from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from leasewire.drivers.base import DriverError, InterfaceExistsError, NamespaceNotFoundError
+from leasewire.drivers.nssocket import netlink_socket_in
 
 # Maximum interface name length in bytes (the kernel's IFNAMSIZ minus the trailing NUL).
 MAX_IFNAME_LENGTH = 15
@@ -85,23 +86,24 @@ def netlink_step(action: str) -> Iterator[None]:
 async def open_netns(path: str) -> AsyncIterator[Any]:
     """Open an AsyncIPRoute inside the network namespace at ``path``.
 
-    ``flags=0`` makes a wrong path fail instead of creating a new, empty
-    namespace there. pyroute2 enters the namespace lazily, so a probe request
-    runs first and a missing or invalid namespace raises NamespaceNotFoundError.
+    The socket is created by a thread that enters the namespace (see
+    ``nssocket``). The path is only opened, never created, so a missing or
+    invalid namespace raises NamespaceNotFoundError.
     """
-    async with AsyncIPRoute(netns=path, flags=0) as ipr:
-        try:
-            # Index 1 is the loopback device of every network namespace.
-            await ipr.link("get", index=1)
-        except NetlinkError:
-            raise
-        except FileNotFoundError as error:
-            raise NamespaceNotFoundError(f"network namespace {path!r} does not exist") from error
-        except OSError as error:
-            raise NamespaceNotFoundError(
-                f"failed to open network namespace {path!r}: {error.strerror or error}"
-            ) from error
-        yield ipr
+    try:
+        sock = await netlink_socket_in(path)
+    except FileNotFoundError as error:
+        raise NamespaceNotFoundError(f"network namespace {path!r} does not exist") from error
+    except OSError as error:
+        raise NamespaceNotFoundError(
+            f"failed to open network namespace {path!r}: {error.strerror or error}"
+        ) from error
+    try:
+        async with AsyncIPRoute(use_socket=sock) as ipr:
+            yield ipr
+    finally:
+        # pyroute2 closes only the sockets it created itself.
+        sock.close()
 
 
 async def find_link(ipr: Any, ifname: str) -> Message | None:

@@ -1,0 +1,117 @@
+"""Configure and verify the pod end of an attachment: addresses, link state and routes.
+
+Shared by every driver once its interface sits in the pod's namespace under
+its final name. IPv6 addresses are added with the "nodad" flag, so the pod can
+use them at once instead of after the 1-2 s of duplicate address detection;
+ipamd's lease is what guarantees that the address is unique.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from collections.abc import Sequence
+from typing import Any
+
+from pyroute2.netlink.exceptions import NetlinkError
+
+from leasewire.drivers.base import CheckFailedError, DriverError, IPAddress, PodAddress
+from leasewire.drivers.netlink import Message, link_addresses, netlink_step
+
+# IFA_F_NODAD from linux/if_addr.h: the address skips duplicate address detection.
+IFA_F_NODAD = 0x02
+IFF_UP = 0x1
+
+
+def default_route(version: int) -> str:
+    return "0.0.0.0/0" if version == 4 else "::/0"
+
+
+async def add_address(ipr: Any, index: int, item: PodAddress, where: str) -> None:
+    """Add one leased address to the link ``index``; IPv6 without DAD."""
+    address = item.address
+    flags = IFA_F_NODAD if address.version == 6 else 0
+    with netlink_step(f"add address {address} to {where}"):
+        await ipr.addr(
+            "add",
+            index=index,
+            address=str(address.ip),
+            prefixlen=address.network.prefixlen,
+            flags=flags,
+        )
+
+
+async def configure_pod_link(
+    pod: Any,
+    index: int,
+    *,
+    ifname: str,
+    netns: str,
+    addresses: Sequence[PodAddress],
+    mtu: int | None,
+) -> Message:
+    """Give the pod interface its MTU and addresses, set it up and add the default routes.
+
+    Returns the link as it is afterwards.
+    """
+    where = f"{ifname!r} in {netns!r}"
+    if mtu is not None:
+        with netlink_step(f"set MTU {mtu} on {where}"):
+            await pod.link("set", index=index, mtu=mtu)
+    for item in addresses:
+        await add_address(pod, index, item, where)
+    with netlink_step(f"set {where} up"):
+        await pod.link("set", index=index, state="up")
+    # One default route per family: the first lease of a family with a gateway sets it.
+    routed: set[int] = set()
+    for item in addresses:
+        if item.gateway is None or item.address.version in routed:
+            continue
+        routed.add(item.address.version)
+        with netlink_step(f"add default route via {item.gateway} in {netns!r}"):
+            await pod.route(
+                "add",
+                dst=default_route(item.address.version),
+                gateway=str(item.gateway),
+                oif=index,
+            )
+    (link,) = await pod.link("get", index=index)
+    return link
+
+
+async def has_default_route(pod: Any, gateway: IPAddress) -> bool:
+    family = socket.AF_INET if gateway.version == 4 else socket.AF_INET6
+    async for route in await pod.route("dump", family=family):
+        if route["dst_len"] == 0 and route.get("RTA_GATEWAY") == str(gateway):
+            return True
+    return False
+
+
+async def check_pod_link(
+    pod: Any, *, ifname: str, netns: str, addresses: Sequence[PodAddress]
+) -> Message:
+    """Raise CheckFailedError unless ``ifname`` exists in ``pod`` with every address and route."""
+    try:
+        (link,) = await pod.link("get", ifname=ifname)
+    except NetlinkError as error:
+        if error.code == errno.ENODEV:
+            raise CheckFailedError(f"interface {ifname!r} does not exist in {netns!r}") from None
+        raise DriverError(f"failed to look up {ifname!r} in {netns!r}: {error}") from error
+    present = await link_addresses(pod, link["index"])
+    routed: set[int] = set()
+    for item in addresses:
+        expected = (str(item.address.ip), item.address.network.prefixlen)
+        if expected not in present:
+            raise CheckFailedError(
+                f"interface {ifname!r} in {netns!r} does not have address {item.address}"
+            )
+        if item.gateway is None or item.address.version in routed:
+            continue
+        routed.add(item.address.version)
+        if not await has_default_route(pod, item.gateway):
+            raise CheckFailedError(f"no default route via {item.gateway} in {netns!r}")
+    return link
+
+
+def is_up(link: Message) -> bool:
+    return bool(link["flags"] & IFF_UP)
