@@ -23,11 +23,14 @@ FALLBACK_VERSION = "1.1.0"
 
 # Error codes defined by the CNI specification.
 ERR_INCOMPATIBLE_VERSION = 1
+ERR_UNSUPPORTED_FIELD = 2
 ERR_INVALID_ENV = 4
 ERR_IO = 5
 ERR_DECODE = 6
 ERR_INVALID_CONFIG = 7
 ERR_TRY_AGAIN_LATER = 11
+# STATUS only: the plugin cannot serve ADD now.
+ERR_NOT_AVAILABLE = 50
 # Plugin-specific codes; the CNI specification reserves 100 and up for these.
 ERR_LEASE_REJECTED = 100
 ERR_INTERFACE_EXISTS = 101
@@ -36,6 +39,7 @@ ERR_CHECK_FAILED = 103
 ERR_NETNS_NOT_FOUND = 104
 ERR_INTERNAL = 999
 
+# Driver used when neither the configuration nor the node's attach profile names one.
 DEFAULT_DRIVER = "bridge"
 DEFAULT_MTU = 1500
 MIN_MTU = 68
@@ -44,6 +48,7 @@ MAX_MTU = 65535
 # Same rules as libcni: a network name and a container id start with an
 # alphanumeric character and continue with alphanumerics, "_", "." or "-".
 NAME_PATTERN = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
+MAC_PATTERN = re.compile(r"^[0-9a-fA-F]{2}([:-][0-9a-fA-F]{2}){5}$")
 
 # Top-level keys that the node daemon itself reads or that runtimes add. All
 # other top-level keys are passed to the driver as options.
@@ -54,6 +59,7 @@ COMMON_KEYS = frozenset(
         "name",
         "type",
         "pool",
+        "pools",
         "driver",
         "options",
         "mtu",
@@ -64,6 +70,10 @@ COMMON_KEYS = frozenset(
         "runtimeConfig",
         "prevResult",
         "capabilities",
+        "disableCheck",
+        "disableGC",
+        "cni.dev/valid-attachments",
+        "cni.dev/attachments",
     }
 )
 
@@ -131,8 +141,10 @@ class NetworkConfig:
 
     cni_version: str
     name: str
-    pool: str | None
-    driver: str
+    # Pools to lease from, one lease each; empty lets ipamd select by its selectors.
+    pools: tuple[str, ...]
+    # Driver named in the configuration; None lets the node's attach profile decide.
+    driver: str | None
     # MTU of the pod interface, in bytes.
     mtu: int
     # Driver-specific keys: the unknown top-level keys, overlaid by "options".
@@ -248,12 +260,22 @@ def parse_network_config(text: str) -> NetworkConfig:
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
         raise _invalid("name", name, "a network name of letters, digits, '_', '.' and '-'")
 
+    pools: list[str] = []
     pool = raw.get("pool")
-    if pool is not None and (not isinstance(pool, str) or not pool):
-        raise _invalid("pool", pool, "the name of an ipamd pool")
+    if pool is not None:
+        if not isinstance(pool, str) or not pool:
+            raise _invalid("pool", pool, "the name of an ipamd pool")
+        pools.append(pool)
+    more_pools = raw.get("pools")
+    if more_pools is not None:
+        if not isinstance(more_pools, list) or not all(
+            isinstance(item, str) and item for item in more_pools
+        ):
+            raise _invalid("pools", more_pools, "a list of ipamd pool names")
+        pools.extend(item for item in more_pools if item not in pools)
 
-    driver = raw.get("driver", DEFAULT_DRIVER)
-    if not isinstance(driver, str) or not driver:
+    driver = raw.get("driver")
+    if driver is not None and (not isinstance(driver, str) or not driver):
         raise _invalid("driver", driver, "the name of an attach driver, e.g. 'bridge'")
 
     mtu = raw.get("mtu", DEFAULT_MTU)
@@ -269,7 +291,7 @@ def parse_network_config(text: str) -> NetworkConfig:
     return NetworkConfig(
         cni_version=version,
         name=name,
-        pool=pool,
+        pools=tuple(pools),
         driver=driver,
         mtu=mtu,
         options=options,
@@ -277,22 +299,51 @@ def parse_network_config(text: str) -> NetworkConfig:
     )
 
 
+def runtime_config_value(config: NetworkConfig, key: str) -> object | None:
+    """Return runtimeConfig[key], matching the key case-insensitively.
+
+    containerd's go-cni marshals Go structs without JSON tags, so it sends
+    "IPs" or "Mac" where the CNI conventions say "ips" and "mac"; Go decoders
+    match keys case-insensitively, and so does this.
+    """
+    runtime_config = config.raw.get("runtimeConfig")
+    if not isinstance(runtime_config, dict):
+        return None
+    if key in runtime_config:
+        value: object = runtime_config[key]
+        return value
+    folded = key.casefold()
+    for name, value in runtime_config.items():
+        if isinstance(name, str) and name.casefold() == folded:
+            return value
+    return None
+
+
+def _args_cni_value(config: NetworkConfig, key: str) -> object | None:
+    args = config.raw.get("args")
+    cni_args = args.get("cni") if isinstance(args, dict) else None
+    if isinstance(cni_args, dict):
+        value: object | None = cni_args.get(key)
+        return value
+    return None
+
+
 def requested_address(config: NetworkConfig, env: CniEnv) -> IPv4Address | IPv6Address | None:
     """Return the static address the runtime requests, if any.
 
     Sources in the order of precedence the CNI conventions give:
-    runtimeConfig "ips", then args.cni "ips", then CNI_ARGS "IP". Only one
-    address per attachment is supported. A prefix length is ignored, because
-    the pool sets it.
+    runtimeConfig "ips", then args.cni "ips", then CNI_ARGS "IP" (podman and
+    CRI-O send a single static address that way). The first source present
+    wins. Only one address per attachment is supported. A prefix length is
+    ignored, because the pool sets it.
     """
     candidates: list[tuple[str, object]] = []
-    runtime_config = config.raw.get("runtimeConfig")
-    if isinstance(runtime_config, dict) and "ips" in runtime_config:
-        candidates.append(("runtimeConfig.ips", runtime_config["ips"]))
-    args = config.raw.get("args")
-    cni_args = args.get("cni") if isinstance(args, dict) else None
-    if isinstance(cni_args, dict) and "ips" in cni_args:
-        candidates.append(("args.cni.ips", cni_args["ips"]))
+    runtime_ips = runtime_config_value(config, "ips")
+    if runtime_ips is not None:
+        candidates.append(("runtimeConfig.ips", runtime_ips))
+    args_ips = _args_cni_value(config, "ips")
+    if args_ips is not None:
+        candidates.append(("args.cni.ips", args_ips))
     if env.args.get("IP"):
         candidates.append(("CNI_ARGS IP", env.args["IP"].split(",")))
 
@@ -307,4 +358,31 @@ def requested_address(config: NetworkConfig, env: CniEnv) -> IPv4Address | IPv6A
             return ip_interface(value[0]).ip if "/" in value[0] else ip_address(value[0])
         except ValueError:
             raise _invalid(source, value[0], "an IPv4 or IPv6 address") from None
+    return None
+
+
+def requested_mac(config: NetworkConfig, env: CniEnv) -> str | None:
+    """Return the MAC address the runtime requests for the pod interface, if any.
+
+    Precedence as in the reference bridge plugin: runtimeConfig "mac", then
+    args.cni "mac", then CNI_ARGS "MAC" (how podman and CRI-O send it). The
+    result is lower-case and colon-separated.
+    """
+    candidates: list[tuple[str, object]] = []
+    runtime_mac = runtime_config_value(config, "mac")
+    if runtime_mac is not None:
+        candidates.append(("runtimeConfig.mac", runtime_mac))
+    args_mac = _args_cni_value(config, "mac")
+    if args_mac is not None:
+        candidates.append(("args.cni.mac", args_mac))
+    if env.args.get("MAC"):
+        candidates.append(("CNI_ARGS MAC", env.args["MAC"]))
+
+    for source, value in candidates:
+        if not isinstance(value, str) or not MAC_PATTERN.match(value):
+            raise _invalid(source, value, "a MAC address such as c2:11:22:33:44:55")
+        mac = value.lower().replace("-", ":")
+        if int(mac[:2], 16) & 1:
+            raise _invalid(source, value, "a unicast MAC address (the first octet is even)")
+        return mac
     return None

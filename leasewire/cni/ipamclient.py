@@ -4,6 +4,10 @@ Failures come out as two exceptions: IpamUnavailableError when ipamd cannot
 be reached, times out or fails on its side (worth retrying), and
 IpamRejectedError when ipamd refuses the request with an error code (the
 request has to change first).
+
+Leases are read into ``NodeLease``, a tolerant view that keeps only what the
+node daemon uses and ignores other keys, so that a newer ipamd that adds
+fields keeps working with an older node daemon.
 """
 
 from __future__ import annotations
@@ -13,9 +17,10 @@ import logging
 from typing import Any
 
 import aiohttp
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from leasewire.api import ErrorBody, LeaseCreate, LeaseState, LeaseView, Owner
+from leasewire.api import ErrorBody, LeaseState, Owner, PodRef
+from leasewire.cni.timings import measure
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +43,75 @@ class IpamRejectedError(Exception):
         self.message = message
 
 
+class TolerantModel(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+class RouteView(TolerantModel):
+    dst: str
+    gw: str | None = None
+
+
+class AttachView(TolerantModel):
+    """The attach profile that ipamd says applies to the lease's node."""
+
+    profile: str | None = None
+    driver: str
+    options: dict[str, object] = Field(default_factory=dict)
+
+
+class NodeLease(TolerantModel):
+    """A lease as the node daemon reads it from ipamd."""
+
+    pool: str
+    address: str
+    gateway: str | None = None
+    state: LeaseState
+    owner: Owner
+    network: str = ""
+    routes: list[RouteView] = Field(default_factory=list)
+    dns: dict[str, object] = Field(default_factory=dict)
+    # Driver and options recorded when the lease was confirmed.
+    driver: str | None = None
+    options: dict[str, object] = Field(default_factory=dict)
+    attach: AttachView | None = None
+    created_at: str = Field(default="", alias="createdAt")
+
+    @property
+    def held(self) -> bool:
+        return self.state is not LeaseState.RELEASED
+
+
+class LeaseRequest(TolerantModel):
+    """What ADD asks ipamd for; turned into the body of ``POST /v1/leases``."""
+
+    owner: Owner
+    pod: PodRef
+    node: str
+    network: str
+    pools: tuple[str, ...] = ()
+    address: str | None = None
+    mac: str | None = None
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "owner": self.owner.model_dump(mode="json", by_alias=True),
+            "pod": self.pod.model_dump(mode="json", by_alias=True),
+            "node": self.node,
+            "network": self.network,
+        }
+        # One pool keeps the original single-pool form of the request.
+        if len(self.pools) == 1:
+            body["pool"] = self.pools[0]
+        elif self.pools:
+            body["pools"] = list(self.pools)
+        if self.address is not None:
+            body["address"] = self.address
+        if self.mac is not None:
+            body["mac"] = self.mac
+        return body
+
+
 class IpamClient:
     def __init__(self, session: aiohttp.ClientSession, base_url: str) -> None:
         self._session = session
@@ -47,43 +121,98 @@ class IpamClient:
     def base_url(self) -> str:
         return self._base_url
 
-    async def create_lease(self, request: LeaseCreate) -> tuple[LeaseView, bool]:
-        """Lease an address; return the lease and whether this call created it.
+    async def create_leases(self, request: LeaseRequest) -> tuple[list[NodeLease], bool]:
+        """Lease addresses; return the leases and whether this call created them.
 
-        ipamd returns 201 for a new lease and 200 when the owner already holds one.
+        ipamd returns 201 for new leases and 200 when the owner already holds them.
         """
-        body = request.model_dump(mode="json", by_alias=True, exclude_none=True)
-        status, payload = await self._request("POST", "/v1/leases", json_body=body)
-        return self._lease(payload), status == 201
+        status, payload = await self._request("POST", "/v1/leases", json_body=request.body())
+        items = payload.get("leases") if isinstance(payload, dict) else None
+        if not isinstance(items, list) or not items:
+            items = [payload]
+        return [self._lease(item) for item in items], status == 201
 
-    async def release_lease(self, owner: Owner) -> None:
-        """Release the owner's lease. A lease that does not exist counts as released."""
-        params = {
+    async def confirm_leases(
+        self, owner: Owner, driver: str, options: dict[str, object]
+    ) -> list[NodeLease]:
+        """Mark the owner's leases bound and record the driver; 404 when none is held."""
+        body = {
+            "owner": owner.model_dump(mode="json", by_alias=True),
+            "driver": driver,
+            "options": options,
+        }
+        _, payload = await self._request("POST", "/v1/leases/confirm", json_body=body)
+        return self._leases(payload)
+
+    async def release_leases(
+        self, owner: Owner, *, network: str | None = None, created_before: str | None = None
+    ) -> list[NodeLease]:
+        """Release the owner's leases (of ``network`` only, when given) and return them.
+
+        None held counts as released. ``created_before`` (RFC 3339) keeps
+        leases created at or after that time, so that a late replay cannot
+        release a newer ADD's lease.
+        """
+        params = self._owner_params(owner)
+        if network is not None:
+            params["network"] = network
+        if created_before is not None:
+            params["createdBefore"] = created_before
+        try:
+            _, payload = await self._request("DELETE", "/v1/leases", params=params)
+        except IpamRejectedError as error:
+            if error.status == 404:
+                return []
+            raise
+        return self._leases(payload)
+
+    async def find_leases(self, owner: Owner, network: str) -> list[NodeLease]:
+        """Return the leases of ``network`` that the owner holds (pending or bound)."""
+        params = {**self._owner_params(owner), "network": network}
+        _, payload = await self._request("GET", "/v1/leases", params=params)
+        return [
+            lease
+            for lease in self._leases(payload)
+            if lease.owner == owner and lease.held and lease.network == network
+        ]
+
+    async def collect_garbage(
+        self, *, cluster: str, node: str, network: str, valid: list[dict[str, str]]
+    ) -> list[NodeLease]:
+        """Release this node's leases of ``network`` whose attachment is not in ``valid``."""
+        body = {"cluster": cluster, "node": node, "network": network, "valid": valid}
+        _, payload = await self._request("POST", "/v1/leases/gc", json_body=body)
+        return self._leases(payload)
+
+    async def pool_free(self, name: str) -> int | None:
+        """Return the number of free addresses of a pool, or None when ipamd does not say."""
+        _, payload = await self._request("GET", f"/v1/pools/{name}")
+        free = payload.get("free") if isinstance(payload, dict) else None
+        return free if isinstance(free, int) else None
+
+    async def healthy(self) -> None:
+        """Raise IpamUnavailableError unless ipamd answers its health check."""
+        await self._request("GET", "/healthz")
+
+    @staticmethod
+    def _owner_params(owner: Owner) -> dict[str, str]:
+        return {
             "cluster": owner.cluster,
             "containerID": owner.container_id,
             "ifname": owner.ifname,
         }
-        try:
-            await self._request("DELETE", "/v1/leases", params=params)
-        except IpamRejectedError as error:
-            if error.status != 404:
-                raise
 
-    async def find_lease(self, *, pool: str, node: str, owner: Owner) -> LeaseView | None:
-        """Return the owner's lease in ``pool`` on ``node``, or None."""
-        _, payload = await self._request("GET", "/v1/leases", params={"pool": pool, "node": node})
-        items = payload.get("leases") if isinstance(payload, dict) else payload
-        if not isinstance(items, list):
+    def _leases(self, payload: Any) -> list[NodeLease]:
+        # Lists arrive bare (older ipamd) or as {"leases": [...]} / {"released": [...]}.
+        if isinstance(payload, dict):
+            payload = payload.get("leases", payload.get("released"))
+        if not isinstance(payload, list):
             raise IpamUnavailableError(self._base_url, f"unexpected lease list: {payload!r:.200}")
-        for item in items:
-            lease = self._lease(item)
-            if lease.owner == owner and lease.state is not LeaseState.RELEASED:
-                return lease
-        return None
+        return [self._lease(item) for item in payload]
 
-    def _lease(self, payload: Any) -> LeaseView:
+    def _lease(self, payload: Any) -> NodeLease:
         try:
-            return LeaseView.model_validate(payload)
+            return NodeLease.model_validate(payload)
         except ValidationError as error:
             raise IpamUnavailableError(
                 self._base_url, f"unexpected lease in the response: {error}"
@@ -99,11 +228,12 @@ class IpamClient:
     ) -> tuple[int, Any]:
         url = self._base_url + path
         try:
-            async with self._session.request(
-                method, url, params=params, json=json_body
-            ) as response:
-                status = response.status
-                text = await response.text()
+            with measure("ipamd"):
+                async with self._session.request(
+                    method, url, params=params, json=json_body
+                ) as response:
+                    status = response.status
+                    text = await response.text()
         except TimeoutError:
             # aiohttp raises TimeoutError when the session's ClientTimeout expires.
             timeout = self._session.timeout.total

@@ -1,8 +1,10 @@
 """The node daemon: serves the CNI shim over HTTP/1.1 on a root-only unix socket.
 
-The shim sends ``POST /v1/cni`` with ``{"env": {CNI_*...}, "stdin": "<network
-config>"}`` and gets ``{"stdout", "exitCode", "stderr"}`` back, always with
-HTTP 200 once the body could be read; CNI errors travel inside ``stdout``.
+The shim sends each CNI call with its environment and stdin to ``POST
+/v1/cni/raw`` and gets stdout, stderr and the exit code back. Shims installed
+by earlier versions send the same in JSON to ``POST /v1/cni``, which is still
+served. ``shimwire`` describes both formats. The reply is HTTP 200 once the
+body could be read, because CNI errors travel inside stdout.
 
 ``start_node`` starts the server and returns its runner, so that ``leasewire
 up`` can run it in the same event loop as ipamd. ``main`` runs it alone until
@@ -27,8 +29,19 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from leasewire.cni.cniconfig import ERR_DECODE, FALLBACK_VERSION, CniError
+from leasewire.cni.cniconfig import FALLBACK_VERSION, CniError
 from leasewire.cni.ipamclient import IpamClient
+from leasewire.cni.journal import AddJournal
+from leasewire.cni.releasequeue import ReleaseQueue
+from leasewire.cni.shimwire import (
+    JSON_PATH,
+    RAW_PATH,
+    json_response,
+    parse_json_request,
+    parse_raw_request,
+    raw_response,
+)
+from leasewire.cni.upkeep import recover_unfinished_adds
 from leasewire.cni.verbs import CniReply, CniService
 from leasewire.drivers.registry import DriverSet
 
@@ -52,6 +65,8 @@ class NodeSettings:
     # Limit for one ipamd request, in seconds. It stays well below the shim's
     # 60 s limit, so an ipamd that hangs becomes "try again later" in time.
     ipamd_timeout: float = 10.0
+    # Seconds between replays of the queued lease releases while ipamd is unavailable.
+    release_retry_interval: float = 5.0
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> NodeSettings:
@@ -70,20 +85,38 @@ class NodeStartError(Exception):
 
 SETTINGS_KEY = web.AppKey("settings", NodeSettings)
 SERVICE_KEY = web.AppKey("cni_service", CniService)
+DRIVERS_KEY = web.AppKey("drivers", DriverSet)
 
 
 async def _cni_service(app: web.Application) -> AsyncIterator[None]:
-    """Own the ipamd client session for the app's lifetime."""
+    """Own the ipamd client session and the release replays for the app's lifetime.
+
+    Before the daemon serves, it undoes the ADDs that a killed predecessor
+    left unfinished and replays the queued releases once.
+    """
     settings = app[SETTINGS_KEY]
     timeout = aiohttp.ClientTimeout(total=settings.ipamd_timeout)
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        app[SERVICE_KEY] = CniService(
+        service = CniService(
             ipam=IpamClient(session, settings.ipamd_url),
-            drivers=DriverSet(),
+            drivers=app[DRIVERS_KEY],
             cluster=settings.cluster,
             node=settings.node_name,
+            queue=ReleaseQueue(settings.state_dir),
+            journal=AddJournal(settings.state_dir),
         )
-        yield
+        app[SERVICE_KEY] = service
+        await recover_unfinished_adds(service)
+        replays = asyncio.create_task(
+            service.queue.run_replays(service.ipam, settings.release_retry_interval),
+            name="release-queue-replays",
+        )
+        try:
+            yield
+        finally:
+            replays.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await replays
 
 
 async def _remove_socket_file(app: web.Application) -> None:
@@ -93,54 +126,49 @@ async def _remove_socket_file(app: web.Application) -> None:
             path.unlink()
 
 
-def _reply(reply: CniReply, status: int = 200) -> web.Response:
-    body = {"stdout": reply.stdout, "exitCode": reply.exit_code, "stderr": reply.stderr}
-    return web.json_response(body, status=status)
+async def handle_cni_raw(request: web.Request) -> web.Response:
+    """Run one CNI call sent in the raw format of the current shim."""
+    try:
+        env, stdin = parse_raw_request(await request.read())
+    except CniError as error:
+        return raw_response(CniReply(error.to_json(FALLBACK_VERSION), 1), status=400)
+    reply = await request.app[SERVICE_KEY].handle(env, stdin)
+    return raw_response(reply)
 
 
-async def handle_cni(request: web.Request) -> web.Response:
-    """Run one CNI call for the shim."""
+async def handle_cni_json(request: web.Request) -> web.Response:
+    """Run one CNI call sent in the JSON format of earlier shims."""
     try:
         body = await request.json()
     except ValueError:
         body = None
-    env = body.get("env") if isinstance(body, dict) else None
-    stdin = body.get("stdin") if isinstance(body, dict) else None
-    if (
-        not isinstance(env, dict)
-        or not all(isinstance(key, str) and isinstance(value, str) for key, value in env.items())
-        or not isinstance(stdin, str)
-    ):
-        error = CniError(
-            ERR_DECODE,
-            "invalid request to the node daemon: expected JSON {env: {name: value}, stdin: text}",
-        )
-        return _reply(CniReply(error.to_json(FALLBACK_VERSION), 1), status=400)
-
+    try:
+        env, stdin = parse_json_request(body)
+    except CniError as error:
+        return json_response(CniReply(error.to_json(FALLBACK_VERSION), 1), status=400)
     reply = await request.app[SERVICE_KEY].handle(env, stdin)
-    return _reply(reply)
+    return json_response(reply)
 
 
 async def handle_healthz(request: web.Request) -> web.Response:
     return web.Response(text="ok\n")
 
 
-def create_node_app(settings: NodeSettings) -> web.Application:
+def create_node_app(settings: NodeSettings, drivers: DriverSet | None = None) -> web.Application:
+    """Build the node daemon's app; ``drivers`` replaces the registry's driver set."""
     app = web.Application()
     app[SETTINGS_KEY] = settings
+    app[DRIVERS_KEY] = drivers if drivers is not None else DriverSet()
     app.cleanup_ctx.append(_cni_service)
     app.on_cleanup.append(_remove_socket_file)
-    app.router.add_post("/v1/cni", handle_cni)
+    app.router.add_post(RAW_PATH, handle_cni_raw)
+    app.router.add_post(JSON_PATH, handle_cni_json)
     app.router.add_get("/healthz", handle_healthz)
     return app
 
 
-def _bind_socket(path: Path) -> socket.socket:
-    """Bind a unix socket at ``path`` with mode 0600, replacing a stale socket file.
-
-    The socket is bound but not listening yet, so no client can connect before
-    its mode is set.
-    """
+def _clear_socket_path(path: Path) -> None:
+    """Remove a stale socket file at ``path``; raise if a live daemon or another file is there."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         if not stat.S_ISSOCK(path.lstat().st_mode):
@@ -160,6 +188,13 @@ def _bind_socket(path: Path) -> socket.socket:
         finally:
             probe.close()
 
+
+def _bind_socket(path: Path) -> socket.socket:
+    """Bind a unix socket at ``path`` with mode 0600.
+
+    The socket is bound but not listening yet, so no client can connect before
+    its mode is set.
+    """
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(str(path))
@@ -170,7 +205,7 @@ def _bind_socket(path: Path) -> socket.socket:
     return sock
 
 
-async def start_node(settings: NodeSettings) -> web.AppRunner:
+async def start_node(settings: NodeSettings, drivers: DriverSet | None = None) -> web.AppRunner:
     """Start serving the shim on the unix socket and return the runner.
 
     Call ``runner.cleanup()`` to stop; it also removes the socket file.
@@ -181,14 +216,18 @@ async def start_node(settings: NodeSettings) -> web.AppRunner:
         raise NodeStartError(
             f"failed to create state directory {settings.state_dir}: {error}"
         ) from error
-    sock = _bind_socket(settings.socket_path)
-
-    runner = web.AppRunner(create_node_app(settings), handle_signals=False)
+    _clear_socket_path(settings.socket_path)
+    # Set up before binding: setup undoes unfinished ADDs, which must be done
+    # before the socket file tells anyone that the daemon is ready.
+    runner = web.AppRunner(create_node_app(settings, drivers), handle_signals=False)
+    await runner.setup()
+    sock: socket.socket | None = None
     try:
-        await runner.setup()
+        sock = _bind_socket(settings.socket_path)
         await web.SockSite(runner, sock).start()
     except BaseException:
-        sock.close()
+        if sock is not None:
+            sock.close()
         await runner.cleanup()
         raise
     logger.info(
@@ -202,27 +241,19 @@ async def start_node(settings: NodeSettings) -> web.AppRunner:
 
 
 def install_stop_handlers(stop: asyncio.Event) -> Callable[[], None]:
-    """Make SIGTERM and SIGINT set ``stop``; return a function that restores the old handlers.
-
-    Use this instead of ``loop.add_signal_handler`` in any process that runs
-    drivers. pyroute2 forks a short-lived child to open a socket in another
-    netns and ends it with SIGTERM. Through ``add_signal_handler`` the child
-    shares the loop's signal wakeup fd, so that SIGTERM would stop the parent.
-    A plain handler that checks the process id ignores signals in the child.
-    """
+    """Make SIGTERM and SIGINT set ``stop``; return a function that removes the handlers."""
     loop = asyncio.get_running_loop()
-    pid = os.getpid()
 
-    def on_signal(signum: int, frame: object) -> None:
-        if os.getpid() == pid:
-            logger.info("Received %s", signal.Signals(signum).name)
-            loop.call_soon_threadsafe(stop.set)
+    def on_signal(signum: signal.Signals) -> None:
+        logger.info("Received %s", signum.name)
+        stop.set()
 
-    previous = {signum: signal.signal(signum, on_signal) for signum in STOP_SIGNALS}
+    for signum in STOP_SIGNALS:
+        loop.add_signal_handler(signum, on_signal, signum)
 
     def restore() -> None:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        for signum in STOP_SIGNALS:
+            loop.remove_signal_handler(signum)
 
     return restore
 

@@ -1,33 +1,30 @@
-"""The CNI verbs as the node daemon runs them: lease from ipamd, then let the
-attach driver wire the pod, and undo both on failure.
+"""The CNI verbs as the node daemon runs them: lease from ipamd, let the attach
+driver wire the pod, confirm the lease, and undo everything on failure.
 
 ``CniService.handle`` takes the CNI environment and the network configuration
 text and returns what the shim prints and the exit code it returns. Every
 failure becomes a CNI error object; nothing is raised to the HTTP layer.
+GC and STATUS live in ``upkeep``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
-from collections.abc import AsyncIterator, Hashable, Mapping, MutableMapping
+from collections.abc import AsyncIterator, Mapping, MutableMapping
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
-from ipaddress import ip_address, ip_interface
+from dataclasses import dataclass, field
+from ipaddress import ip_address, ip_interface, ip_network
 from typing import Any
 
-from leasewire.api import LeaseCreate, Owner, PodRef
+from leasewire.api import Owner, PodRef
 from leasewire.cni.cniconfig import (
-    ERR_ATTACH_FAILED,
+    DEFAULT_DRIVER,
     ERR_CHECK_FAILED,
     ERR_INCOMPATIBLE_VERSION,
-    ERR_INTERFACE_EXISTS,
     ERR_INTERNAL,
-    ERR_INVALID_CONFIG,
-    ERR_INVALID_ENV,
-    ERR_LEASE_REJECTED,
-    ERR_NETNS_NOT_FOUND,
     ERR_TRY_AGAIN_LATER,
     FIRST_VERSION,
     SUPPORTED_VERSIONS,
@@ -39,40 +36,55 @@ from leasewire.cni.cniconfig import (
     parse_env,
     parse_network_config,
     requested_address,
+    requested_mac,
     version_of,
 )
 from leasewire.cni.cniresult import (
     CniResult,
     ResultIP,
+    ResultRoute,
     default_route,
     format_result,
     previous_address,
+    previous_result,
 )
-from leasewire.cni.ipamclient import IpamClient, IpamRejectedError, IpamUnavailableError
+from leasewire.cni.errors import to_cni_error
+from leasewire.cni.ipamclient import (
+    IpamClient,
+    IpamRejectedError,
+    IpamUnavailableError,
+    LeaseRequest,
+    NodeLease,
+)
+from leasewire.cni.journal import AddJournal, AddRecord
+from leasewire.cni.podnet import PodExtras, apply_extras, check_pod, ensure_pod_interface_free
+from leasewire.cni.releasequeue import ReleaseQueue
+from leasewire.cni.timings import measure, record_call
 from leasewire.drivers.base import (
     AttachRequest,
-    CheckFailedError,
     CheckRequest,
     DetachRequest,
     Driver,
     DriverError,
     InterfaceExistsError,
-    InvalidOptionError,
-    NamespaceNotFoundError,
+    IPAddress,
+    IPInterface,
+    PodAddress,
 )
-from leasewire.drivers.netlink import find_link, is_own_netns, open_netns
-from leasewire.drivers.registry import DriverSet, UnknownDriverError
+from leasewire.drivers.registry import DriverSet
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class CniReply:
-    """Output of one CNI call: the shim's stdout and stderr, and its exit code."""
+    """Output of one CNI call: the shim's stdout and stderr, its exit code, and stage timings."""
 
     stdout: str
     exit_code: int
     stderr: str = ""
+    # Seconds spent per stage ("ipamd", "netlink", "total").
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 class OwnerLogger(logging.LoggerAdapter[logging.Logger]):
@@ -84,15 +96,23 @@ class OwnerLogger(logging.LoggerAdapter[logging.Logger]):
         return f"[{self.extra['owner'] if self.extra else '?'}] {msg}", kwargs
 
 
+# (cluster, container id, ifname)
+OwnerKey = tuple[str, str, str]
+
+
 class KeyedLocks:
-    """One asyncio lock per key, dropped once no task holds or waits for it."""
+    """One asyncio lock per attachment, dropped once no task holds or waits for it."""
 
     def __init__(self) -> None:
         # key -> (lock, [number of holders and waiters])
-        self._entries: dict[Hashable, tuple[asyncio.Lock, list[int]]] = {}
+        self._entries: dict[OwnerKey, tuple[asyncio.Lock, list[int]]] = {}
+
+    def held_keys(self) -> list[OwnerKey]:
+        """Return the keys that a task holds or waits for."""
+        return list(self._entries)
 
     @asynccontextmanager
-    async def hold(self, key: Hashable) -> AsyncIterator[None]:
+    async def hold(self, key: OwnerKey) -> AsyncIterator[None]:
         lock, users = self._entries.setdefault(key, (asyncio.Lock(), [0]))
         users[0] += 1
         try:
@@ -104,40 +124,100 @@ class KeyedLocks:
                 del self._entries[key]
 
 
-def to_cni_error(error: Exception, ipamd: str) -> CniError:
-    """Map an exception from ipamd, a driver or the registry to a CNI error."""
-    if isinstance(error, CniError):
-        return error
-    if isinstance(error, IpamUnavailableError):
-        return CniError(ERR_TRY_AGAIN_LATER, str(error), "the runtime retries the call later")
-    if isinstance(error, IpamRejectedError):
-        # A pool name that ipamd does not know is a configuration error.
-        code = ERR_INVALID_CONFIG if error.code == "pool_not_found" else ERR_LEASE_REJECTED
-        return CniError(code, error.message, f"ipamd at {ipamd}: HTTP {error.status} {error.code}")
-    if isinstance(error, UnknownDriverError | InvalidOptionError):
-        return CniError(ERR_INVALID_CONFIG, str(error))
-    if isinstance(error, NamespaceNotFoundError):
-        return CniError(ERR_NETNS_NOT_FOUND, str(error))
-    if isinstance(error, InterfaceExistsError):
-        return CniError(ERR_INTERFACE_EXISTS, str(error))
-    if isinstance(error, CheckFailedError):
-        return CniError(ERR_CHECK_FAILED, str(error))
-    if isinstance(error, DriverError):
-        return CniError(ERR_ATTACH_FAILED, str(error))
-    return CniError(ERR_INTERNAL, f"internal error: {error!r}", "see the node daemon's log")
+def owner_logger(owner: Owner) -> OwnerLogger:
+    key = f"{owner.cluster}/{owner.container_id}/{owner.ifname}"
+    return OwnerLogger(logger, {"owner": key})
+
+
+def choose_driver(config: NetworkConfig, lease: NodeLease | None) -> tuple[str, dict[str, object]]:
+    """Pick the driver for a new attachment and its options.
+
+    The configuration's "driver" wins, then the attach profile that ipamd
+    returns with the lease, then the bridge driver. The configuration's
+    options are laid over the profile's when both name the same driver.
+    """
+    profile = lease.attach if lease is not None else None
+    if config.driver is not None:
+        if profile is not None and profile.driver == config.driver:
+            return config.driver, {**profile.options, **config.options}
+        return config.driver, dict(config.options)
+    if profile is not None:
+        return profile.driver, {**profile.options, **config.options}
+    return DEFAULT_DRIVER, dict(config.options)
+
+
+def recorded_driver(
+    config: NetworkConfig, leases: list[NodeLease]
+) -> tuple[str, dict[str, object]]:
+    """Return the driver and options that an existing attachment was made with.
+
+    DEL and CHECK use what the lease recorded at confirm, so that a changed
+    attach profile applies to new pods only; without a record, the choice
+    that ADD would make now.
+    """
+    for lease in leases:
+        if lease.driver:
+            return lease.driver, dict(lease.options)
+    return choose_driver(config, leases[0] if leases else None)
+
+
+def _parse_lease(lease: NodeLease) -> tuple[IPInterface, IPAddress | None]:
+    try:
+        address = ip_interface(lease.address)
+        gateway = ip_address(lease.gateway) if lease.gateway else None
+    except ValueError as error:
+        raise CniError(
+            ERR_INTERNAL, f"ipamd returned an unusable lease {lease.address!r}: {error}"
+        ) from error
+    return address, gateway
+
+
+def _lease_routes(leases: list[NodeLease]) -> tuple[ResultRoute, ...]:
+    """Return the pools' routes; a route without "gw" goes via its family's gateway."""
+    routes: list[ResultRoute] = []
+    for lease in leases:
+        _, gateway = _parse_lease(lease)
+        for route in lease.routes:
+            try:
+                dst = ip_network(route.dst, strict=False)
+                via = ip_address(route.gw) if route.gw else None
+            except ValueError as error:
+                raise CniError(
+                    ERR_INTERNAL, f"ipamd returned an unusable route {route.dst!r}: {error}"
+                ) from error
+            if via is None and gateway is not None and gateway.version == dst.version:
+                via = gateway
+            routes.append(ResultRoute(dst=str(dst), gateway=via))
+    return tuple(routes)
 
 
 class CniService:
-    def __init__(self, *, ipam: IpamClient, drivers: DriverSet, cluster: str, node: str) -> None:
-        self._ipam = ipam
-        self._drivers = drivers
-        self._cluster = cluster
-        self._node = node
+    def __init__(
+        self,
+        *,
+        ipam: IpamClient,
+        drivers: DriverSet,
+        cluster: str,
+        node: str,
+        queue: ReleaseQueue,
+        journal: AddJournal,
+    ) -> None:
+        self.ipam = ipam
+        self.drivers = drivers
+        self.cluster = cluster
+        self.node = node
+        self.queue = queue
+        self.journal = journal
         # The CNI specification forbids parallel calls for one attachment, but
         # a runtime that retries after a timeout may still send them.
-        self._locks = KeyedLocks()
+        self.locks = KeyedLocks()
 
     async def handle(self, env: Mapping[str, str], stdin: str) -> CniReply:
+        with record_call() as timings:
+            reply = await self._handle(env, stdin)
+        return dataclasses.replace(reply, timings=timings)
+
+    async def _handle(self, env: Mapping[str, str], stdin: str) -> CniReply:
         version = version_of(stdin)
         try:
             command = parse_command(env)
@@ -153,13 +233,13 @@ class CniService:
             ):
                 raise CniError(
                     ERR_INCOMPATIBLE_VERSION,
-                    f"config version {version} does not allow {command.value}",
+                    f"config version does not allow {command.value}: cniVersion is {version}",
                     f"{command.value} needs cniVersion {first} or later",
                 )
             cni_env = parse_env(env, command)
             return await self._dispatch(cni_env, config)
         except Exception as exception:
-            error = to_cni_error(exception, self._ipam.base_url)
+            error = to_cni_error(exception, self.ipam.base_url)
             if error.code == ERR_INTERNAL:
                 logger.exception("CNI %s failed", env.get("CNI_COMMAND"))
             else:
@@ -174,6 +254,9 @@ class CniService:
             return CniReply(error.to_json(version), 1)
 
     async def _dispatch(self, env: CniEnv, config: NetworkConfig) -> CniReply:
+        # Imported here because upkeep imports this module.
+        from leasewire.cni import upkeep
+
         if env.command is Command.ADD:
             return CniReply(await self.add(env, config), 0)
         if env.command is Command.DEL:
@@ -183,186 +266,273 @@ class CniService:
             await self.check(env, config)
             return CniReply("", 0)
         if env.command is Command.GC:
-            # NOTE: GC is not implemented yet, so stale leases stay until DEL or
-            # the operator releases them. Success keeps runtimes' GC loops going.
-            logger.warning("CNI GC for network %s ignored: not implemented yet", config.name)
-            return CniReply("", 0, "leasewire: GC is not implemented yet; nothing was released\n")
-        # STATUS: this daemon is up and serving requests.
-        # TODO: report 50 when ipamd is unreachable or the pool is exhausted.
+            note = await upkeep.collect_garbage(self, config)
+            return CniReply("", 0, note)
+        await upkeep.report_status(self, config)
         return CniReply("", 0)
 
-    def _owner(self, env: CniEnv) -> Owner:
-        return Owner(cluster=self._cluster, containerID=env.container_id, ifname=env.ifname)
-
-    def _logger(self, owner: Owner) -> OwnerLogger:
-        key = f"{owner.cluster}/{owner.container_id}/{owner.ifname}"
-        return OwnerLogger(logger, {"owner": key})
+    def owner(self, env: CniEnv) -> Owner:
+        return Owner(cluster=self.cluster, containerID=env.container_id, ifname=env.ifname)
 
     async def add(self, env: CniEnv, config: NetworkConfig) -> str:
-        """Lease an address, attach the pod interface and return the CNI result."""
-        if config.pool is None:
-            raise CniError(ERR_INVALID_CONFIG, "missing 'pool': name the ipamd pool to lease from")
-        driver = self._drivers.get(config.driver)
-        driver.validate(config.options)
+        """Lease, attach the pod interface, confirm the lease and return the CNI result."""
+        # Fail on a bad configuration before anything is leased or created.
+        if config.driver is not None:
+            self.drivers.get(config.driver).validate(config.options)
+        previous = previous_result(config)
         address = requested_address(config, env)
-        owner = self._owner(env)
-        log = self._logger(owner)
+        mac = requested_mac(config, env)
+        owner = self.owner(env)
+        log = owner_logger(owner)
 
-        async with self._locks.hold(_owner_key(owner)):
+        async with self.locks.hold(owner_key(owner)):
             # Check the netns and the interface name before asking ipamd, so
             # that these failures leave nothing allocated.
-            await _ensure_pod_interface_free(env.netns, env.ifname)
+            await ensure_pod_interface_free(env.netns, env.ifname)
+            # A release of this owner still queued from an earlier DEL must not
+            # hit the lease this ADD gets.
+            if self.queue.holds(owner):
+                await self.queue.replay(self.ipam, owner)
+                if self.queue.holds(owner):
+                    raise CniError(
+                        ERR_TRY_AGAIN_LATER,
+                        "an earlier release of this attachment is still queued for ipamd",
+                    )
 
-            lease, created = await self._ipam.create_lease(
-                LeaseCreate(
-                    pool=config.pool,
+            leases, created = await self.ipam.create_leases(
+                LeaseRequest(
                     owner=owner,
                     pod=PodRef(
                         namespace=env.args.get("K8S_POD_NAMESPACE", ""),
                         name=env.args.get("K8S_POD_NAME", ""),
                         uid=env.args.get("K8S_POD_UID", ""),
                     ),
-                    node=self._node,
+                    node=self.node,
+                    network=config.name,
+                    pools=config.pools,
                     address=str(address) if address is not None else None,
+                    mac=mac,
                 )
             )
             log.info(
-                "Leased %s from pool %s (%s)",
-                lease.address,
-                lease.pool,
+                "Leased %s (%s)",
+                ", ".join(f"{lease.address} from pool {lease.pool}" for lease in leases),
                 "new" if created else "existing",
             )
 
             async with AsyncExitStack() as undo:
+                # Runs last: the journal entry goes once the rollback is done.
+                undo.callback(self.journal.end, owner)
                 # A lease that this owner already held before this call belongs
                 # to an earlier ADD; the runtime's DEL releases it, not this rollback.
                 if created:
-                    undo.push_async_callback(self._release_after_failure, owner, log)
+                    undo.push_async_callback(self._release_after_failure, owner, config.name, log)
 
+                driver_name, options = choose_driver(config, leases[0])
+                driver = self.drivers.get(driver_name)
+                driver.validate(options)
+                pod_address, gateway = _parse_lease(leases[0])
+                more = tuple(_parse_lease(lease) for lease in leases[1:])
+                routes = _lease_routes(leases)
+
+                self.journal.begin(
+                    AddRecord(
+                        owner=owner,
+                        network=config.name,
+                        netns=env.netns,
+                        driver=driver_name,
+                        options=options,
+                    )
+                )
+                # Drivers remove what a failed attach created, but the undo
+                # does not rely on it: detach counts anything gone as removed.
+                # An interface that exists already is left alone, because it
+                # may belong to someone else.
+                detach = _DetachUndo(driver, env, options, log)
+                undo.push_async_callback(detach.run)
                 try:
-                    pod_address = ip_interface(lease.address)
-                    gateway = ip_address(lease.gateway) if lease.gateway else None
-                except ValueError as error:
-                    raise CniError(
-                        ERR_INTERNAL, f"ipamd returned an unusable lease {lease.address!r}: {error}"
-                    ) from error
+                    with measure("netlink"):
+                        attachment = await driver.attach(
+                            AttachRequest(
+                                container_id=env.container_id,
+                                netns=env.netns,
+                                ifname=env.ifname,
+                                address=pod_address,
+                                gateway=gateway,
+                                mtu=config.mtu,
+                                options=options,
+                                mac=mac,
+                                extra_addresses=tuple(
+                                    PodAddress(address=item, gateway=via) for item, via in more
+                                ),
+                            )
+                        )
+                except InterfaceExistsError:
+                    detach.armed = False
+                    raise
+                new_mac = await apply_extras(
+                    env.netns, env.ifname, PodExtras(mac=mac, addresses=more, routes=routes)
+                )
 
-                attachment = await driver.attach(
-                    AttachRequest(
+                await self._confirm(owner, driver_name, options)
+
+                interfaces = list(attachment.interfaces)
+                if new_mac is not None:
+                    index = attachment.pod_interface
+                    interfaces[index] = dataclasses.replace(interfaces[index], mac=new_mac)
+                ips = [(pod_address, gateway), *more]
+                result = CniResult(
+                    interfaces=tuple(interfaces),
+                    ips=tuple(
+                        ResultIP(address=item, gateway=via, interface=attachment.pod_interface)
+                        for item, via in ips
+                    ),
+                    routes=(
+                        *(default_route(via) for _, via in ips if via is not None),
+                        *routes,
+                    ),
+                    dns=_result_dns(config, leases),
+                )
+                stdout = format_result(result, config.cni_version, previous)
+                undo.pop_all()
+            self.journal.end(owner)
+
+        log.info("ADD done: %s on %s with driver %s", pod_address, env.ifname, driver_name)
+        return stdout
+
+    async def _confirm(self, owner: Owner, driver: str, options: dict[str, object]) -> None:
+        try:
+            await self.ipam.confirm_leases(owner, driver, options)
+        except IpamRejectedError as error:
+            if error.status == 404:
+                raise CniError(
+                    ERR_TRY_AGAIN_LATER,
+                    "the lease expired before the pod was wired; the runtime retries ADD",
+                    f"ipamd at {self.ipam.base_url}: {error.code}: {error.message}",
+                ) from error
+            raise
+
+    async def delete(self, env: CniEnv, config: NetworkConfig) -> None:
+        """Detach the pod interface, then release the leases; both may be gone already.
+
+        When ipamd cannot be reached, the interface is still removed and the
+        release goes to the durable queue, which the daemon replays later.
+        """
+        owner = self.owner(env)
+        log = owner_logger(owner)
+
+        async with self.locks.hold(owner_key(owner)):
+            try:
+                leases = await self.ipam.find_leases(owner, config.name)
+            except IpamUnavailableError as error:
+                log.warning("Cannot read the lease's driver, using the configuration's: %s", error)
+                leases = []
+                reachable = False
+            else:
+                reachable = True
+            driver_name, options = recorded_driver(config, leases)
+
+            # A detach failure leaves the lease in place, because the address
+            # may still sit on an interface; the runtime retries DEL.
+            with measure("netlink"):
+                await self.drivers.get(driver_name).detach(
+                    DetachRequest(
                         container_id=env.container_id,
                         netns=env.netns,
                         ifname=env.ifname,
-                        address=pod_address,
-                        gateway=gateway,
-                        mtu=config.mtu,
-                        options=config.options,
+                        options=options,
                     )
                 )
-                undo.push_async_callback(self._detach_after_failure, driver, env, config, log)
-
-                result = CniResult(
-                    interfaces=attachment.interfaces,
-                    ips=(
-                        ResultIP(
-                            address=pod_address,
-                            gateway=gateway,
-                            interface=attachment.pod_interface,
-                        ),
-                    ),
-                    routes=(default_route(gateway),) if gateway is not None else (),
-                )
-                stdout = format_result(result, config.cni_version)
-                undo.pop_all()
-
-        log.info("ADD done: %s on %s", lease.address, env.ifname)
-        return stdout
-
-    async def delete(self, env: CniEnv, config: NetworkConfig) -> None:
-        """Detach the pod interface, then release the lease; both may be gone already."""
-        driver = self._drivers.get(config.driver)
-        owner = self._owner(env)
-        log = self._logger(owner)
-
-        async with self._locks.hold(_owner_key(owner)):
-            # A detach failure leaves the lease in place, because the address
-            # may still sit on an interface; the runtime retries DEL.
-            await driver.detach(
-                DetachRequest(
-                    container_id=env.container_id,
-                    netns=env.netns,
-                    ifname=env.ifname,
-                    options=config.options,
-                )
-            )
-            # NOTE: when ipamd is unreachable this returns "try again later" and
-            # relies on the runtime retrying DEL; a durable local release queue
-            # that the daemon replays is still to be written.
-            await self._ipam.release_lease(owner)
+            if reachable and not leases and not self.queue.holds(owner):
+                log.info("DEL done; no lease was held")
+                return
+            try:
+                await self.ipam.release_leases(owner, network=config.name)
+            except IpamUnavailableError as error:
+                log.warning("ipamd is unavailable, queueing the release: %s", error)
+                await self.queue.add(owner, config.name)
+            else:
+                if self.queue.holds(owner):
+                    await self.queue.replay(self.ipam, owner)
         log.info("DEL done")
 
     async def check(self, env: CniEnv, config: NetworkConfig) -> None:
-        """Verify that ipamd holds the lease and the driver's interfaces are intact."""
-        if config.pool is None:
-            raise CniError(ERR_INVALID_CONFIG, "missing 'pool': name the ipamd pool to lease from")
+        """Verify that ipamd holds the lease and the pod's interface, addresses and routes."""
         previous = previous_address(config, env.ifname, env.netns)
-        driver = self._drivers.get(config.driver)
-        owner = self._owner(env)
+        owner = self.owner(env)
 
-        lease = await self._ipam.find_lease(pool=config.pool, node=self._node, owner=owner)
-        if lease is None:
+        leases = await self.ipam.find_leases(owner, config.name)
+        if not leases:
             raise CniError(
-                ERR_CHECK_FAILED, f"ipamd has no lease in pool {config.pool!r} for {env.ifname!r}"
+                ERR_CHECK_FAILED, f"ipamd holds no lease for {env.container_id}/{env.ifname}"
             )
-        if ip_interface(lease.address) != previous.address:
+        if all(ip_interface(lease.address) != previous.address for lease in leases):
+            held = ", ".join(lease.address for lease in leases)
             raise CniError(
                 ERR_CHECK_FAILED,
-                f"ipamd leases {lease.address} but prevResult has {previous.address}",
+                f"ipamd leases {held} but prevResult has {previous.address}",
             )
-        await driver.check(
-            CheckRequest(
-                container_id=env.container_id,
-                netns=env.netns,
-                ifname=env.ifname,
-                address=previous.address,
-                gateway=previous.gateway,
-                options=config.options,
+        driver_name, options = recorded_driver(config, leases)
+        with measure("netlink"):
+            await self.drivers.get(driver_name).check(
+                CheckRequest(
+                    container_id=env.container_id,
+                    netns=env.netns,
+                    ifname=env.ifname,
+                    address=previous.address,
+                    gateway=previous.gateway,
+                    options=options,
+                )
             )
-        )
+        await check_pod(env.netns, env.ifname, previous.mac, previous.routes)
 
-    async def _release_after_failure(self, owner: Owner, log: OwnerLogger) -> None:
+    async def _release_after_failure(self, owner: Owner, network: str, log: OwnerLogger) -> None:
         try:
-            await self._ipam.release_lease(owner)
+            await self.ipam.release_leases(owner, network=network)
             log.info("Rolled back: lease released")
         except (IpamUnavailableError, IpamRejectedError):
-            log.exception("Failed to release the lease while rolling back ADD; DEL releases it")
+            log.exception(
+                "Failed to release the lease while rolling back ADD; "
+                "it stays pending and expires in ipamd"
+            )
 
-    async def _detach_after_failure(
-        self, driver: Driver, env: CniEnv, config: NetworkConfig, log: OwnerLogger
+
+class _DetachUndo:
+    """Undo step of ADD that detaches the pod interface unless disarmed."""
+
+    def __init__(
+        self, driver: Driver, env: CniEnv, options: dict[str, object], log: OwnerLogger
     ) -> None:
-        request = DetachRequest(
+        self.driver = driver
+        self.request = DetachRequest(
             container_id=env.container_id,
             netns=env.netns,
             ifname=env.ifname,
-            options=config.options,
+            options=options,
         )
+        self.log = log
+        self.armed = True
+
+    async def run(self) -> None:
+        if not self.armed:
+            return
         try:
-            await driver.detach(request)
-            log.info("Rolled back: interface detached")
+            await self.driver.detach(self.request)
+            self.log.info("Rolled back: interface detached")
         except DriverError:
-            log.exception("Failed to detach while rolling back ADD; DEL detaches it")
+            self.log.exception("Failed to detach while rolling back ADD; DEL detaches it")
 
 
-async def _ensure_pod_interface_free(netns: str, ifname: str) -> None:
-    """Raise unless ``netns`` is another network namespace without ``ifname``."""
-    if is_own_netns(netns):
-        raise CniError(
-            ERR_INVALID_ENV,
-            f"CNI_NETNS {netns!r} is the node daemon's own network namespace, not a pod's",
-        )
-    async with open_netns(netns) as pod:
-        if await find_link(pod, ifname) is not None:
-            raise InterfaceExistsError(f"interface {ifname!r} already exists in {netns!r}")
+def _result_dns(config: NetworkConfig, leases: list[NodeLease]) -> dict[str, object]:
+    """Return the result's DNS: a non-empty "dns" of the configuration replaces the pool's."""
+    configured = config.raw.get("dns")
+    if isinstance(configured, dict) and any(configured.values()):
+        return dict(configured)
+    for lease in leases:
+        if any(lease.dns.values()):
+            return dict(lease.dns)
+    return {}
 
 
-def _owner_key(owner: Owner) -> tuple[str, str, str]:
+def owner_key(owner: Owner) -> OwnerKey:
     return (owner.cluster, owner.container_id, owner.ifname)

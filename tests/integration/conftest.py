@@ -21,7 +21,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,9 +95,12 @@ class Ipamd:
         except urllib.error.HTTPError as error:
             return error.code, json.loads(error.read() or b"null")
 
-    def leases(self, pool: str) -> list[dict[str, Any]]:
-        status, payload = self.request("GET", f"/v1/leases?pool={pool}")
+    def leases(self, pool: str, state: str | None = None) -> list[dict[str, Any]]:
+        query = f"pool={pool}" + (f"&state={state}" if state else "")
+        status, payload = self.request("GET", f"/v1/leases?{query}")
         assert status == 200, payload
+        if isinstance(payload, dict):
+            payload = payload["leases"]
         assert isinstance(payload, list)
         return payload
 
@@ -122,31 +125,39 @@ def session_dir() -> Iterator[Path]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def ipamd(session_dir: Path) -> Iterator[Ipamd]:
-    directory = session_dir / "ipamd"
-    directory.mkdir()
-    port = free_port()
-    log = (directory / "ipamd.log").open("wb")
-    process = subprocess.Popen(
-        [
-            str(LEASEWIRE),
-            "ipamd",
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--database",
-            f"sqlite+aiosqlite:///{directory}/ipamd.db",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+def start_ipamd(directory: Path, port: int, *extra: str) -> tuple[Ipamd, subprocess.Popen[bytes]]:
+    """Start ipamd on ``port`` with its SQLite file in ``directory`` and wait until it serves."""
+    directory.mkdir(exist_ok=True)
+    with (directory / "ipamd.log").open("ab") as log:
+        process = subprocess.Popen(
+            [
+                str(LEASEWIRE),
+                "ipamd",
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--database",
+                f"sqlite+aiosqlite:///{directory}/ipamd.db",
+                *extra,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     server = Ipamd(f"http://127.0.0.1:{port}")
     try:
         wait_for(server.healthy, "ipamd", process)
+    except BaseException:
+        stop(process)
+        raise
+    return server, process
+
+
+@pytest.fixture(scope="session")
+def ipamd(session_dir: Path) -> Iterator[Ipamd]:
+    server, process = start_ipamd(session_dir / "ipamd", free_port())
+    try:
         yield server
     finally:
         stop(process)
-        log.close()
 
 
 @dataclass(frozen=True)
@@ -160,7 +171,9 @@ def start_node_daemon(
 ) -> tuple[NodeDaemon, subprocess.Popen[bytes]]:
     socket_path = directory / "node.sock"
     log_path = directory / "node.log"
-    with log_path.open("wb") as log:
+    # A socket file that a killed daemon left would look ready at once.
+    socket_path.unlink(missing_ok=True)
+    with log_path.open("ab") as log:
         process = subprocess.Popen(
             [
                 str(LEASEWIRE),
@@ -232,16 +245,49 @@ class Pool:
     gateway: ipaddress.IPv4Address
 
 
+def release_pool(ipamd: Ipamd, name: str) -> None:
+    """Release every lease of a pool and delete it."""
+    for lease in ipamd.leases(name):
+        owner = lease["owner"]
+        ipamd.request(
+            "DELETE",
+            f"/v1/leases?cluster={owner['cluster']}&containerID={owner['containerID']}"
+            f"&ifname={owner['ifname']}",
+        )
+    ipamd.request("DELETE", f"/v1/pools/{name}")
+
+
 @pytest.fixture
-def pool(ipamd: Ipamd) -> Pool:
-    cidr = free_cidr()
-    name = unique_name("pool-")
-    gateway = cidr.network_address + 1
-    status, payload = ipamd.request(
-        "POST", "/v1/pools", {"name": name, "cidr": str(cidr), "gateway": str(gateway)}
-    )
-    assert status == 201, payload
-    return Pool(name=name, cidr=cidr, gateway=gateway)
+def make_pool(ipamd: Ipamd) -> Iterator[Callable[..., Pool]]:
+    """Return a function that creates a pool in a free 10.x.y.0/24 (or a /N inside one).
+
+    Extra keyword arguments go into the pool spec. At the end every lease of
+    these pools is released and the pools are deleted, so that owners and
+    address ranges can be used again.
+    """
+    created: list[str] = []
+
+    def create(prefix: int = 24, **spec: object) -> Pool:
+        for _ in range(20):
+            cidr = next(free_cidr().subnets(new_prefix=prefix))
+            name = unique_name("pool-")
+            gateway = cidr.network_address + 1
+            body = {"name": name, "cidr": str(cidr), "gateway": str(gateway), **spec}
+            status, payload = ipamd.request("POST", "/v1/pools", body)
+            if status == 201:
+                created.append(name)
+                return Pool(name=name, cidr=cidr, gateway=gateway)
+            assert payload.get("code") == "pool_overlap", payload
+        raise AssertionError("no free CIDR for a test pool after 20 tries")
+
+    yield create
+    for name in created:
+        release_pool(ipamd, name)
+
+
+@pytest.fixture
+def pool(make_pool: Callable[..., Pool]) -> Pool:
+    return make_pool()
 
 
 def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -318,8 +364,10 @@ class Network:
         ifname: str = "eth0",
         config: dict[str, object] | None = None,
         cni_args: str = "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=pod",
+        env_changes: Mapping[str, str | None] | None = None,
     ) -> ShimOutput:
-        env = {
+        """Run the shim; ``env_changes`` sets variables, or removes those mapped to None."""
+        env: dict[str, str] = {
             "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
             "CNI_COMMAND": command,
             "CNI_CONTAINERID": container_id,
@@ -328,6 +376,11 @@ class Network:
             "CNI_ARGS": cni_args,
             "CNI_PATH": "/opt/cni/bin",
         }
+        for name, value in (env_changes or {}).items():
+            if value is None:
+                env.pop(name, None)
+            else:
+                env[name] = value
         completed = subprocess.run(
             [sys.executable, "-I", "-S", str(SHIM)],
             input=json.dumps(config if config is not None else self.config()),

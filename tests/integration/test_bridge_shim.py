@@ -12,7 +12,7 @@ import pytest
 
 from leasewire.drivers.netlink import host_veth_name
 
-from .conftest import Ipamd, Network, free_cidr, ip, link_exists, unique_name
+from .conftest import Ipamd, Network, Pool, ip, link_exists, unique_name
 
 MAC_PATTERN = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
 
@@ -224,15 +224,10 @@ def test_add_into_host_netns_rejected(network: Network, ipamd: Ipamd) -> None:
 
 
 def test_add_exhausted_pool_returns_100(
-    network: Network, ipamd: Ipamd, make_netns: Callable[[], str]
+    network: Network, ipamd: Ipamd, make_pool: Callable[..., Pool], make_netns: Callable[[], str]
 ) -> None:
     # A /30 with a gateway leaves a single address to lease.
-    cidr = next(free_cidr().subnets(new_prefix=30))
-    name = unique_name("tiny-")
-    status, payload = ipamd.request(
-        "POST", "/v1/pools", {"name": name, "cidr": str(cidr), "gateway": str(cidr[1])}
-    )
-    assert status == 201, payload
+    name = make_pool(prefix=30).name
     config = network.config(pool=name)
     first = network.run("ADD", "pod-first", f"/run/netns/{make_netns()}", config=config)
     assert first.exit_code == 0, first

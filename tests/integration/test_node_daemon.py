@@ -154,17 +154,3 @@ async def test_add_with_ipamd_hanging_times_out(
 
     assert answer["code"] == 11
     assert "timed out" in str(answer["msg"])
-
-
-async def test_del_with_ipamd_down_returns_11(
-    daemon_dir: Path, make_netns: Callable[[], str]
-) -> None:
-    runner = await start_node(settings_for(daemon_dir, f"http://127.0.0.1:{free_port()}"))
-    try:
-        answer = await run_shim(
-            daemon_dir / "node.sock", "DEL", f"/run/netns/{make_netns()}", unique_name()
-        )
-    finally:
-        await runner.cleanup()
-
-    assert answer["code"] == 11

@@ -15,6 +15,7 @@ from leasewire.cni.cniconfig import (
     parse_env,
     parse_network_config,
     requested_address,
+    requested_mac,
 )
 from leasewire.cni.cniresult import (
     CniResult,
@@ -23,8 +24,8 @@ from leasewire.cni.cniresult import (
     previous_address,
     render_result,
 )
+from leasewire.cni.errors import to_cni_error
 from leasewire.cni.ipamclient import IpamRejectedError, IpamUnavailableError
-from leasewire.cni.verbs import to_cni_error
 from leasewire.drivers.base import (
     AttachedInterface,
     DriverError,
@@ -173,7 +174,8 @@ def test_parse_config_invalid_mtu(mtu: object) -> None:
 def test_parse_config_defaults() -> None:
     config = parse_network_config(config_text())
 
-    assert (config.driver, config.mtu, config.pool) == ("bridge", 1500, "p1")
+    # No driver named: the node's attach profile or the bridge driver decides.
+    assert (config.driver, config.mtu, config.pools) == (None, 1500, ("p1",))
     assert config.options == {}
 
 
@@ -301,7 +303,8 @@ def test_previous_address_missing_or_other_sandbox() -> None:
         (IpamUnavailableError("http://127.0.0.1:1", "connection refused"), 11),
         (IpamRejectedError(409, "pool_exhausted", "pool p1 has no free address"), 100),
         (IpamRejectedError(404, "pool_not_found", "pool 'p9' not found"), 7),
-        (InvalidOptionError("bridge", "a/b", "bad"), 7),
+        (InvalidOptionError("mode", "l4", "unsupported"), 2),
+        (InvalidOptionError("master", None, "missing"), 7),
         (NamespaceNotFoundError("gone"), 104),
         (InterfaceExistsError("eth0 exists"), 101),
         (DriverError("netlink failed"), 102),
@@ -310,3 +313,92 @@ def test_previous_address_missing_or_other_sandbox() -> None:
 )
 def test_to_cni_error_codes(error: Exception, code: int) -> None:
     assert to_cni_error(error, "http://127.0.0.1:1").code == code
+
+
+def test_to_cni_error_unsupported_names_key_and_value() -> None:
+    error = to_cni_error(InvalidOptionError("mode", "l4", "use l2, l3 or l3s"), "")
+
+    assert "mode" in error.msg
+    assert "l4" in error.msg
+
+
+def test_requested_address_runtime_config_any_case() -> None:
+    env = parse_env(ADD_ENV, Command.ADD)
+    config = parse_network_config(config_text(runtimeConfig={"IPs": ["10.0.0.7"]}))
+
+    assert requested_address(config, env) == ip_address("10.0.0.7")
+
+
+def test_requested_mac_precedence() -> None:
+    env = parse_env(dict(ADD_ENV, CNI_ARGS="IgnoreUnknown=1;MAC=c2:11:22:33:44:03"), Command.ADD)
+    runtime = {"mac": "C2:11:22:33:44:01"}
+    args = {"cni": {"mac": "c2:11:22:33:44:02"}}
+
+    all_three = parse_network_config(config_text(runtimeConfig=runtime, args=args))
+    args_only = parse_network_config(config_text(args=args))
+    plain = parse_network_config(config_text())
+
+    assert requested_mac(all_three, env) == "c2:11:22:33:44:01"
+    assert requested_mac(args_only, env) == "c2:11:22:33:44:02"
+    assert requested_mac(plain, env) == "c2:11:22:33:44:03"
+    assert requested_mac(plain, parse_env(ADD_ENV, Command.ADD)) is None
+
+
+@pytest.mark.parametrize("mac", ["zz:11:22:33:44:55", "c2:11:22:33:44", "c3:11:22:33:44:55"])
+def test_requested_mac_invalid(mac: str) -> None:
+    env = parse_env(ADD_ENV, Command.ADD)
+    config = parse_network_config(config_text(runtimeConfig={"mac": mac}))
+
+    error = error_of(lambda: requested_mac(config, env))
+
+    assert error.code == 7
+    assert mac in error.msg
+
+
+def test_render_result_appends_to_previous() -> None:
+    previous = {
+        "cniVersion": "1.1.0",
+        "interfaces": [{"name": "dummy0"}],
+        "ips": [{"address": "192.0.2.10/32", "interface": 0}],
+    }
+
+    rendered = render_result(sample_result(), "1.1.0", previous)
+
+    assert rendered["interfaces"][0] == {"name": "dummy0"}  # type: ignore[index]
+    assert len(rendered["interfaces"]) == 4  # type: ignore[arg-type]
+    assert rendered["ips"] == [
+        {"address": "192.0.2.10/32", "interface": 0},
+        {"address": "10.22.0.2/24", "gateway": "10.22.0.1", "interface": 3},
+    ]
+
+
+def test_render_result_converts_previous_version() -> None:
+    previous = {
+        "cniVersion": "1.0.0",
+        "interfaces": [{"name": "dummy0"}],
+        "ips": [{"address": "2001:db8::5/64", "interface": 0}],
+    }
+
+    rendered = render_result(sample_result(), "0.4.0", previous)
+
+    assert rendered["ips"][0] == {  # type: ignore[index]
+        "address": "2001:db8::5/64",
+        "interface": 0,
+        "version": "6",
+    }
+
+
+def test_render_result_dns() -> None:
+    result = sample_result()
+    with_dns = CniResult(
+        interfaces=result.interfaces,
+        ips=result.ips,
+        routes=result.routes,
+        dns={"nameservers": ["10.22.0.53"], "search": ["svc.local"], "options": []},
+    )
+
+    assert render_result(with_dns, "1.0.0")["dns"] == {
+        "nameservers": ["10.22.0.53"],
+        "search": ["svc.local"],
+    }
+    assert "dns" not in render_result(result, "1.0.0")

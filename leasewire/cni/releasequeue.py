@@ -1,0 +1,188 @@
+"""Durable queue of lease releases that ipamd could not take when they happened.
+
+DEL removes the pod's interface even when ipamd is unreachable, writes the
+release here and reports success, so that the runtime can finish tearing the
+pod down. The node daemon replays the queue until ipamd takes every entry,
+also after its own restart.
+
+The file is append-only JSON lines, one release per line, flushed with fsync
+before DEL returns: a bound lease that is lost here would hold its address
+forever. Replay rewrites the file with the entries that are left, through a
+temporary file and a rename, so that a crash leaves either the old or the new
+list. Each entry carries the time it was queued and is replayed with
+``createdBefore`` set to it, so a late replay never releases a lease that a
+newer ADD of the same owner created.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from leasewire.api import Owner
+from leasewire.cni.ipamclient import IpamClient, IpamRejectedError, IpamUnavailableError
+
+logger = logging.getLogger(__name__)
+
+QUEUE_FILE = "release-queue.jsonl"
+
+
+@dataclass(frozen=True, kw_only=True)
+class QueuedRelease:
+    owner: Owner
+    network: str
+    # RFC 3339 UTC time the release was queued.
+    queued_at: str
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "owner": self.owner.model_dump(mode="json", by_alias=True),
+                "network": self.network,
+                "queuedAt": self.queued_at,
+            }
+        )
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class ReleaseQueue:
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / QUEUE_FILE
+        self._entries = self._load()
+        # Serialises replays with each other and with rewrites of the file.
+        self._lock = asyncio.Lock()
+
+    def _load(self) -> list[QueuedRelease]:
+        entries: list[QueuedRelease] = []
+        try:
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return entries
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+                entries.append(
+                    QueuedRelease(
+                        owner=Owner.model_validate(item["owner"]),
+                        network=str(item.get("network", "")),
+                        queued_at=str(item["queuedAt"]),
+                    )
+                )
+            except (ValueError, KeyError, TypeError):
+                # A line cut short by a crash during an append; the DEL that
+                # wrote it did not return success, so the runtime retries it.
+                logger.warning("Skipping unreadable line %d of %s: %.200s", number, self.path, line)
+        if entries:
+            logger.info("%d queued lease releases in %s", len(entries), self.path)
+        return entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def holds(self, owner: Owner) -> bool:
+        return any(entry.owner == owner for entry in self._entries)
+
+    async def add(self, owner: Owner, network: str) -> QueuedRelease:
+        """Append a release and fsync it before returning."""
+        entry = QueuedRelease(owner=owner, network=network, queued_at=now_rfc3339())
+        await asyncio.to_thread(self._append, entry)
+        self._entries.append(entry)
+        logger.warning(
+            "Queued the release of %s/%s/%s until ipamd answers",
+            owner.cluster,
+            owner.container_id,
+            owner.ifname,
+        )
+        return entry
+
+    def _append(self, entry: QueuedRelease) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, (entry.to_json() + "\n").encode("utf-8"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _rewrite(self, entries: list[QueuedRelease]) -> None:
+        if not entries:
+            self.path.unlink(missing_ok=True)
+            _fsync_directory(self.path.parent)
+            return
+        temporary = self.path.with_suffix(".tmp")
+        with temporary.open("w", encoding="utf-8") as file:
+            file.writelines(entry.to_json() + "\n" for entry in entries)
+            file.flush()
+            os.fsync(file.fileno())
+        temporary.replace(self.path)
+        _fsync_directory(self.path.parent)
+
+    async def replay(self, ipam: IpamClient, owner: Owner | None = None) -> int:
+        """Send the queued releases (only ``owner``'s when given) to ipamd.
+
+        Returns the number of entries left. Stops at the first entry that
+        ipamd cannot take because it is unavailable; an entry that ipamd
+        rejects is logged and dropped, because sending it again cannot succeed.
+        """
+        async with self._lock:
+            done: list[QueuedRelease] = []
+            for entry in list(self._entries):
+                if owner is not None and entry.owner != owner:
+                    continue
+                try:
+                    released = await ipam.release_leases(
+                        entry.owner, network=entry.network, created_before=entry.queued_at
+                    )
+                except IpamUnavailableError as error:
+                    logger.info("Release queue waits for ipamd: %s", error)
+                    break
+                except IpamRejectedError as error:
+                    logger.error(
+                        "ipamd rejected the queued release of %s: %s %s; dropping it",
+                        entry.owner,
+                        error.code,
+                        error.message,
+                    )
+                else:
+                    logger.info(
+                        "Replayed the queued release of %s/%s/%s: %d leases released",
+                        entry.owner.cluster,
+                        entry.owner.container_id,
+                        entry.owner.ifname,
+                        len(released),
+                    )
+                done.append(entry)
+
+            if done:
+                remaining = [entry for entry in self._entries if entry not in done]
+                await asyncio.to_thread(self._rewrite, remaining)
+                self._entries = remaining
+            return len(self._entries)
+
+    async def run_replays(self, ipam: IpamClient, interval: float) -> None:
+        """Replay the queue every ``interval`` seconds while it has entries, until cancelled."""
+        while True:
+            if self._entries:
+                try:
+                    await self.replay(ipam)
+                except OSError:
+                    logger.exception("Failed to rewrite %s; retrying later", self.path)
+            await asyncio.sleep(interval)

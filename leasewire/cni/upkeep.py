@@ -1,0 +1,161 @@
+"""GC and STATUS, and the clean-up of ADDs that a killed node daemon left unfinished."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+
+from leasewire.cni.cniconfig import (
+    ERR_INVALID_CONFIG,
+    ERR_NOT_AVAILABLE,
+    ERR_TRY_AGAIN_LATER,
+    CniError,
+    NetworkConfig,
+)
+from leasewire.cni.ipamclient import IpamRejectedError, IpamUnavailableError, NodeLease
+from leasewire.cni.releasequeue import now_rfc3339
+from leasewire.cni.timings import measure
+from leasewire.cni.verbs import CniService, OwnerKey, owner_key, owner_logger, recorded_driver
+from leasewire.drivers.base import DetachRequest, DriverError
+
+logger = logging.getLogger(__name__)
+
+# The GC list key of CNI 1.1 as libcni 1.2 and later send it, and its name in
+# the spec-v1.1.0 tag, which libcni 1.2.3 and later also send.
+VALID_ATTACHMENTS_KEYS = ("cni.dev/valid-attachments", "cni.dev/attachments")
+
+
+def _valid_attachments(config: NetworkConfig) -> list[dict[str, str]] | None:
+    for key in VALID_ATTACHMENTS_KEYS:
+        if key not in config.raw:
+            continue
+        value = config.raw[key]
+        if not isinstance(value, list):
+            raise CniError(
+                ERR_INVALID_CONFIG, f"invalid {key!r} {value!r}: expected a list of attachments"
+            )
+        attachments: list[dict[str, str]] = []
+        for item in value:
+            container_id = item.get("containerID") if isinstance(item, dict) else None
+            ifname = item.get("ifname") if isinstance(item, dict) else None
+            if not isinstance(container_id, str) or not isinstance(ifname, str):
+                raise CniError(
+                    ERR_INVALID_CONFIG,
+                    f"invalid attachment {item!r} in {key!r}: expected {{containerID, ifname}}",
+                )
+            attachments.append({"containerID": container_id, "ifname": ifname})
+        return attachments
+    return None
+
+
+async def collect_garbage(service: CniService, config: NetworkConfig) -> str:
+    """Release this node's leases of the network whose attachments are not valid.
+
+    Returns a note for stderr. Without a list of valid attachments nothing is
+    released: wiping everything would also take the leases that another
+    runtime made with the same network name.
+    """
+    valid = _valid_attachments(config)
+    if valid is None:
+        logger.info("GC of network %s without a list of valid attachments: skipped", config.name)
+        return (
+            "leasewire: GC got neither cni.dev/valid-attachments nor cni.dev/attachments; "
+            "nothing was released\n"
+        )
+    # ADDs in progress in this daemon are not in the runtime's list yet.
+    for cluster, container_id, ifname in service.locks.held_keys():
+        if cluster == service.cluster:
+            valid.append({"containerID": container_id, "ifname": ifname})
+
+    released = await service.ipam.collect_garbage(
+        cluster=service.cluster, node=service.node, network=config.name, valid=valid
+    )
+    by_owner: dict[OwnerKey, list[NodeLease]] = defaultdict(list)
+    for lease in released:
+        by_owner[owner_key(lease.owner)].append(lease)
+
+    failures: list[str] = []
+    for leases in by_owner.values():
+        owner = leases[0].owner
+        log = owner_logger(owner)
+        driver_name, options = recorded_driver(config, leases)
+        try:
+            with measure("netlink"):
+                await service.drivers.get(driver_name).detach(
+                    DetachRequest(
+                        container_id=owner.container_id,
+                        netns="",
+                        ifname=owner.ifname,
+                        options=options,
+                    )
+                )
+        except (DriverError, LookupError) as error:
+            log.error("GC released the lease but failed to remove the interface: %s", error)
+            failures.append(f"{owner.container_id}/{owner.ifname}: {error}")
+        else:
+            log.info("GC released %s", ", ".join(lease.address for lease in leases))
+
+    if failures:
+        raise CniError(
+            ERR_TRY_AGAIN_LATER,
+            f"GC released {len(by_owner)} stale attachments but could not remove the "
+            f"interfaces of {len(failures)}",
+            "; ".join(failures),
+        )
+    return ""
+
+
+async def report_status(service: CniService, config: NetworkConfig) -> None:
+    """Raise ERR_NOT_AVAILABLE (50) when ipamd cannot serve an ADD of this network."""
+    try:
+        await service.ipam.healthy()
+    except IpamUnavailableError as error:
+        raise CniError(
+            ERR_NOT_AVAILABLE,
+            f"cannot serve ADD: {error}",
+            "start ipamd or check the node's route to it",
+        ) from error
+    for pool in config.pools:
+        try:
+            free = await service.ipam.pool_free(pool)
+        except IpamUnavailableError as error:
+            raise CniError(ERR_NOT_AVAILABLE, f"cannot serve ADD: {error}") from error
+        except IpamRejectedError as error:
+            raise CniError(
+                ERR_NOT_AVAILABLE, f"cannot serve ADD: pool {pool!r}: {error.message}"
+            ) from error
+        if free == 0:
+            raise CniError(
+                ERR_NOT_AVAILABLE,
+                f"cannot serve ADD: pool {pool!r} is exhausted",
+                "release leases or enlarge the pool's ranges",
+            )
+
+
+async def recover_unfinished_adds(service: CniService) -> int:
+    """Undo the ADDs that a previous daemon left in its journal; return how many."""
+    records = service.journal.leftovers()
+    for record in records:
+        log = owner_logger(record.owner)
+        log.warning("Undoing an ADD that a previous node daemon left unfinished")
+        try:
+            await service.drivers.get(record.driver).detach(
+                DetachRequest(
+                    container_id=record.owner.container_id,
+                    netns=record.netns,
+                    ifname=record.owner.ifname,
+                    options=record.options,
+                )
+            )
+        except (DriverError, LookupError):
+            log.exception("Failed to detach the unfinished ADD; the runtime's DEL retries it")
+        try:
+            await service.ipam.release_leases(
+                record.owner, network=record.network, created_before=now_rfc3339()
+            )
+        except IpamUnavailableError:
+            await service.queue.add(record.owner, record.network)
+        except IpamRejectedError:
+            log.exception("ipamd rejected the release of the unfinished ADD's lease")
+        service.journal.end(record.owner)
+    return len(records)
