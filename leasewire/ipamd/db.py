@@ -11,8 +11,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import create_engine as create_sync_engine_from_url
 from sqlalchemy import event
-from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 # Alembic (1.20 here) logs one INFO line per built-in plugin when it is first
@@ -45,7 +46,7 @@ def ensure_sqlite_directory(url: URL) -> None:
     Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
 
 
-def _configure_sqlite(engine: AsyncEngine) -> None:
+def _configure_sqlite(engine: Engine) -> None:
     # Python 3.11's sqlite3 module emits BEGIN only before DML and never before
     # SELECT or SAVEPOINT, which breaks the savepoint around each lease insert.
     # So the driver's own transaction handling is switched off and SQLAlchemy
@@ -54,17 +55,21 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
     # with SQLITE_BUSY because another connection wrote in between.
     # NOTE: read-only requests take the write lock too, so SQLite serves one
     # request at a time. That suits one node; many nodes belong on PostgreSQL.
-    @event.listens_for(engine.sync_engine, "connect")
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         # WAL lets readers proceed while one writer writes.
         cursor.execute("PRAGMA journal_mode=WAL")
+        # In WAL mode, NORMAL syncs at checkpoints instead of at every commit.
+        # A committed transaction survives a crash of ipamd (the WAL is in the
+        # page cache), but may be lost if the machine loses power.
+        cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
@@ -75,7 +80,23 @@ def create_engine(database_url: str) -> AsyncEngine:
     ensure_sqlite_directory(url)
     engine = create_async_engine(url, pool_pre_ping=not _is_sqlite(url))
     if _is_sqlite(url):
-        _configure_sqlite(engine)
+        _configure_sqlite(engine.sync_engine)
+    return engine
+
+
+def create_thread_engine(database_url: str) -> Engine | None:
+    """Create a synchronous engine on the same SQLite file, for the allocation writer's thread.
+
+    Returns None for PostgreSQL and for an in-memory SQLite database (a second
+    engine would see another, empty database); those allocate through the async engine.
+    """
+    url = make_url(database_url)
+    if not _is_sqlite(url) or not url.database or url.database == ":memory:":
+        return None
+    if "mode=memory" in url.database or url.query.get("mode") == "memory":
+        return None
+    engine = create_sync_engine_from_url(url.set(drivername="sqlite+pysqlite"))
+    _configure_sqlite(engine)
     return engine
 
 

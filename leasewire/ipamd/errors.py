@@ -93,3 +93,50 @@ class AllocationConflict(IpamError):
 
     status = 503
     code = "allocation_conflict"
+
+
+class LeaseNotFound(IpamError):
+    status = 404
+    code = "lease_not_found"
+
+
+class FieldImmutable(IpamError):
+    """A pool update tries to change a field that existing leases depend on (the CIDR)."""
+
+    status = 409
+    code = "field_immutable"
+
+
+class PoolShrinkConflict(IpamError):
+    """A pool update would leave held or cooling leases outside the pool's usable addresses."""
+
+    status = 409
+    code = "pool_shrink_conflict"
+
+
+class PoolOverlap(IpamError):
+    """A pool's ranges overlap the ranges of another pool that the same cluster can use."""
+
+    status = 422
+    code = "pool_overlap"
+
+
+class PoolNotInScope(IpamError):
+    """The named pool belongs to another cluster than the lease's owner."""
+
+    status = 422
+    code = "pool_not_in_scope"
+
+
+class NoPoolAvailable(IpamError):
+    """Pool selection found no pool that matches the request and has a free address."""
+
+    status = 409
+    code = "no_pool_available"
+
+
+class DatabaseUnavailable(IpamError):
+    """The database did not answer; nothing was written. The client retries after Retry-After."""
+
+    status = 503
+    code = "database_unavailable"

@@ -1,52 +1,39 @@
-"""Data functions for leases: allocate, release, list.
+"""Data functions for leases after allocation: views, listing, confirm, release, GC, expiry.
 
 Every function takes the session first and never commits: the request
-handler owns the transaction. The database decides who wins an address: the
-insert of a lease is guarded by the partial unique indexes on held leases,
-and a conflict means "taken, try the next candidate".
+handler (or the background task) owns the transaction. Allocation itself
+lives in ``allocate.py``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, MutableMapping, Sequence
-from contextlib import aclosing
+from collections.abc import Collection, MutableMapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, text, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import delete, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql import Select
 
-from leasewire.api import LeaseCreate, LeaseState, LeaseView, Owner, PodRef
-from leasewire.ipamd.addresses import (
-    IPAddress,
-    IPVersion,
-    address_key,
-    key_value,
-    make_address,
-    parse_address,
+from leasewire.api import (
+    DNSSpec,
+    LeaseConfirm,
+    LeaseState,
+    LeaseView,
+    Owner,
+    PodRef,
+    RouteSpec,
 )
-from leasewire.ipamd.allocator import PoolLayout, next_fit_segments, skip_taken
-from leasewire.ipamd.errors import (
-    AddressNotAllocatable,
-    AddressTaken,
-    AllocationConflict,
-    InvalidRequest,
-    OwnerHoldsOtherAddress,
-    PoolExhausted,
-)
+from leasewire.ipamd.addresses import key_value, make_address
+from leasewire.ipamd.errors import LeaseNotFound
 from leasewire.ipamd.models import HELD_SQL, Lease, Pool, utcnow
-from leasewire.ipamd.pools import holder_name
 
 logger = logging.getLogger(__name__)
 
-SCAN_BATCH = 256
-"""Held addresses read per query while looking for a gap. The next-fit cursor
-usually points at a free address, so the first batch nearly always has the gap."""
-
-MAX_CLAIM_ATTEMPTS = 16
-"""Inserts tried per request before giving up with allocation_conflict. Only
-another writer on the same database (another replica) makes an insert fail."""
+SWEEP_BATCH = 1000
+"""Expired pending leases reclaimed per statement by one sweep."""
 
 
 class OwnerLogger(logging.LoggerAdapter[logging.Logger]):
@@ -63,282 +50,242 @@ def owner_logger(owner: Owner) -> OwnerLogger:
     return OwnerLogger(logger, {"owner": f"{owner.cluster}/{owner.container_id}/{owner.ifname}"})
 
 
-def lease_view(lease: Lease) -> LeaseView:
+def _timestamp(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def lease_address(lease: Lease) -> str:
+    """Return the lease's address with the pool's prefix length, e.g. ``10.0.0.5/24``."""
     pool = lease.pool
     address = make_address(pool.version, key_value(pool.version, lease.address))
-    prefixlen = pool.cidr.rpartition("/")[2]
+    return f"{address}/{pool.cidr.rpartition('/')[2]}"
+
+
+def lease_view(lease: Lease) -> LeaseView:
+    pool = lease.pool
     return LeaseView(
         pool=pool.name,
-        address=f"{address}/{prefixlen}",
+        address=lease_address(lease),
         gateway=pool.gateway,
         state=lease.state,
         owner=Owner(cluster=lease.cluster, containerID=lease.container_id, ifname=lease.ifname),
         pod=PodRef(namespace=lease.pod_namespace, name=lease.pod_name, uid=lease.pod_uid),
         node=lease.node,
         createdAt=lease.created_at.isoformat(),
-        releasedAt=None if lease.released_at is None else lease.released_at.isoformat(),
+        releasedAt=_timestamp(lease.released_at),
+        routes=[RouteSpec.model_validate(route) for route in pool.routes],
+        dns=DNSSpec.model_validate(pool.dns),
+        vlan=pool.vlan,
+        network=lease.network,
+        mac=lease.mac,
+        expiresAt=_timestamp(lease.expires_at) if lease.state == LeaseState.PENDING else None,
+        boundAt=_timestamp(lease.bound_at),
+        cooldownUntil=_timestamp(lease.cooldown_until),
+        driver=lease.driver,
+        options=lease.options or {},
+        # The handlers fill in the attach profile of the lease's node (profiles.with_attach).
+        attach=None,
     )
 
 
-async def read_held_lease(session: AsyncSession, pool: Pool, owner: Owner) -> Lease | None:
-    statement = select(Lease).where(
-        Lease.pool_id == pool.id,
-        Lease.cluster == owner.cluster,
-        Lease.container_id == owner.container_id,
-        Lease.ifname == owner.ifname,
-        text(HELD_SQL),
-    )
-    return (await session.execute(statement)).scalar_one_or_none()
+def holder_name(lease: Lease) -> str:
+    """Name the holder of a lease for people: the pod if known, else the container id."""
+    if lease.pod_namespace and lease.pod_name:
+        return f"pod {lease.pod_namespace}/{lease.pod_name}"
+    return f"container {lease.container_id} ({lease.ifname})"
 
 
-async def read_held_lease_at(session: AsyncSession, pool: Pool, key: bytes) -> Lease | None:
-    statement = select(Lease).where(Lease.pool_id == pool.id, Lease.address == key, text(HELD_SQL))
-    return (await session.execute(statement)).scalar_one_or_none()
+def holder_details(lease: Lease) -> dict[str, str]:
+    """Describe the holder of a lease for an error's details."""
+    return {
+        "namespace": lease.pod_namespace,
+        "name": lease.pod_name,
+        "uid": lease.pod_uid,
+        "containerID": lease.container_id,
+        "ifname": lease.ifname,
+        "address": lease_address(lease),
+    }
 
 
-async def read_held_addresses(
-    session: AsyncSession, pool: Pool, first: int, last: int, *, limit: int
-) -> list[int]:
-    """Return the held addresses of ``pool`` in ``first..last``, sorted, at most ``limit``.
+@dataclass(frozen=True)
+class LeaseFilter:
+    """Conditions that a lease must all meet; None means "any"."""
 
-    One range scan on the partial unique index (pool_id, address).
-    """
-    version = pool.version
-    statement = (
-        select(Lease.address)
-        .where(
-            Lease.pool_id == pool.id,
-            text(HELD_SQL),
-            Lease.address >= address_key(version, first),
-            Lease.address <= address_key(version, last),
-        )
-        .order_by(Lease.address)
-        .limit(limit)
-    )
-    keys = (await session.execute(statement)).scalars().all()
-    return [key_value(version, key) for key in keys]
+    cluster: str | None = None
+    container_id: str | None = None
+    ifname: str | None = None
+    pod_uid: str | None = None
+    node: str | None = None
+    network: str | None = None
+    pool_id: int | None = None
+    created_before: datetime | None = None
 
-
-async def free_candidates(
-    session: AsyncSession, pool: Pool, layout: PoolLayout
-) -> AsyncGenerator[int, None]:
-    """Yield free addresses of ``pool`` in next-fit order, starting at the pool's cursor.
-
-    Each segment of the usable intervals is walked with batched range queries
-    over the held addresses until a gap appears. After a yield the walk goes on
-    from the next address, so a caller whose insert lost a race takes the next value.
-    """
-    version = layout.version
-    cursor = None if pool.cursor is None else key_value(version, pool.cursor)
-    for segment in next_fit_segments(layout.intervals, cursor):
-        candidate = segment.first
-        while candidate <= segment.last:
-            taken = await read_held_addresses(
-                session, pool, candidate, segment.last, limit=SCAN_BATCH
-            )
-            candidate, found = skip_taken(candidate, taken)
-            if not found and len(taken) == SCAN_BATCH:
-                continue
-            if candidate > segment.last:
-                break
-            yield candidate
-            candidate += 1
-
-
-async def _insert_lease(
-    session: AsyncSession, pool: Pool, request: LeaseCreate, key: bytes
-) -> Lease | None:
-    """Insert a bound lease on ``key``. Returns None if a unique index rejected it."""
-    now = utcnow()
-    lease = Lease(
-        pool=pool,
-        address=key,
-        state=LeaseState.BOUND,
-        cluster=request.owner.cluster,
-        container_id=request.owner.container_id,
-        ifname=request.owner.ifname,
-        pod_namespace=request.pod.namespace,
-        pod_name=request.pod.name,
-        pod_uid=request.pod.uid,
-        node=request.node,
-        created_at=now,
-        # NOTE: leases go straight to bound until the node daemon confirms
-        # pending leases; then this becomes PENDING and bound_at moves to confirm.
-        bound_at=now,
-    )
-    try:
-        # The savepoint keeps the request's transaction usable after a conflict.
-        async with session.begin_nested():
-            session.add(lease)
-    except IntegrityError:
-        return None
-    return lease
-
-
-def _next_cursor(version: IPVersion, value: int) -> bytes | None:
-    """Return the key where the next search starts, or None (the start) after the last address."""
-    if value + 1 >= 1 << (32 if version == 4 else 128):
-        return None
-    return address_key(version, value + 1)
-
-
-async def claim_first_free(
-    session: AsyncSession,
-    pool: Pool,
-    request: LeaseCreate,
-    candidates: AsyncIterator[int],
-) -> tuple[Lease, bool]:
-    """Insert a lease on the first candidate that the database accepts.
-
-    Returns the lease and whether it was created. If the owner's own lease
-    appears meanwhile (a concurrent repeat of the same request), that lease is
-    returned instead. Raises PoolExhausted when the candidates run out.
-    """
-    log = owner_logger(request.owner)
-    version = pool.version
-    attempts = 0
-    async for value in candidates:
-        attempts += 1
-        key = address_key(version, value)
-        lease = await _insert_lease(session, pool, request, key)
-        if lease is not None:
-            # The cursor only speeds up the next search, so last writer wins is fine.
-            await session.execute(
-                update(Pool).where(Pool.id == pool.id).values(cursor=_next_cursor(version, value))
-            )
-            return lease, True
-
-        existing = await read_held_lease(session, pool, request.owner)
-        if existing is not None:
-            return existing, False
-        log.info(
-            "address %s in pool %s was taken by another writer (attempt %d of %d), trying the next",
-            make_address(version, value),
-            pool.name,
-            attempts,
-            MAX_CLAIM_ATTEMPTS,
-        )
-        if attempts >= MAX_CLAIM_ATTEMPTS:
-            raise AllocationConflict(
-                f"pool {pool.name!r}: {attempts} candidate addresses were taken by other writers "
-                "during this request; retry the request",
-                {"pool": pool.name, "attempts": attempts},
-            )
-
-    raise PoolExhausted(
-        f"pool {pool.name!r} ({pool.cidr}) is exhausted: all of its addresses are leased; "
-        "release leases or add a pool",
-        {"pool": pool.name},
-    )
-
-
-def _parse_requested(text_address: str) -> IPAddress:
-    try:
-        return parse_address(text_address)
-    except ValueError:
-        raise InvalidRequest(
-            f"invalid field address = {text_address!r}: not an IP address "
-            "(give the address without a prefix length)",
-            {"field": "address", "value": text_address},
-        ) from None
-
-
-async def _claim_requested(
-    session: AsyncSession, pool: Pool, layout: PoolLayout, request: LeaseCreate, address: IPAddress
-) -> tuple[Lease, bool]:
-    reason = layout.why_not_allocatable(address)
-    if reason is not None:
-        raise AddressNotAllocatable(
-            f"address {address} cannot be leased from pool {pool.name!r}: {reason}",
-            {"pool": pool.name, "address": str(address)},
-        )
-
-    key = address_key(layout.version, int(address))
-    lease = await _insert_lease(session, pool, request, key)
-    if lease is not None:
-        return lease, True
-
-    # A concurrent repeat of this same request may have won the address.
-    existing = await read_held_lease(session, pool, request.owner)
-    if existing is not None and existing.address == key:
-        return existing, False
-    holder = await read_held_lease_at(session, pool, key)
-    name = "another owner" if holder is None else holder_name(holder)
-    raise AddressTaken(
-        f"address {address} in pool {pool.name!r} is already leased to {name}; "
-        "release that lease first or request another address",
-        {"pool": pool.name, "address": str(address), "holder": name},
-    )
-
-
-async def allocate_lease(
-    session: AsyncSession, pool: Pool, layout: PoolLayout, request: LeaseCreate
-) -> tuple[Lease, bool]:
-    """Lease an address of ``pool`` to the request's owner, or return the owner's lease.
-
-    Returns the lease and whether it was created. With ``request.address`` the
-    lease is on exactly that address.
-    """
-    log = owner_logger(request.owner)
-    requested = None if request.address is None else _parse_requested(request.address)
-
-    existing = await read_held_lease(session, pool, request.owner)
-    if existing is not None:
-        held = make_address(layout.version, key_value(layout.version, existing.address))
-        if requested is not None and requested != held:
-            raise OwnerHoldsOtherAddress(
-                f"owner already holds {held} in pool {pool.name!r}, not the requested "
-                f"{requested}; release that lease first (DELETE /v1/leases)",
-                {"pool": pool.name, "address": str(held)},
-            )
-        log.debug("owner already holds %s in pool %s", held, pool.name)
-        return existing, False
-
-    if requested is not None:
-        lease, created = await _claim_requested(session, pool, layout, request, requested)
-    else:
-        async with aclosing(free_candidates(session, pool, layout)) as candidates:
-            lease, created = await claim_first_free(session, pool, request, candidates)
-    if created:
-        log.info("lease bound: %s in pool %s", lease_view(lease).address, pool.name)
-    return lease, created
-
-
-async def release_leases(session: AsyncSession, owner: Owner) -> list[Lease]:
-    """Release every held lease of ``owner`` in every pool. Returns the leases released now."""
-    statement = select(Lease).where(
-        Lease.cluster == owner.cluster,
-        Lease.container_id == owner.container_id,
-        Lease.ifname == owner.ifname,
-        text(HELD_SQL),
-    )
-    leases = list((await session.execute(statement)).scalars().all())
-    now = utcnow()
-    for lease in leases:
-        lease.state = LeaseState.RELEASED
-        lease.released_at = now
-    await session.flush()
-    log = owner_logger(owner)
-    for lease in leases:
-        log.info("lease released: %s in pool %s", lease_view(lease).address, lease.pool.name)
-    return leases
+    def apply(self, statement: Select[Any]) -> Select[Any]:
+        conditions = {
+            Lease.cluster: self.cluster,
+            Lease.container_id: self.container_id,
+            Lease.ifname: self.ifname,
+            Lease.pod_uid: self.pod_uid,
+            Lease.node: self.node,
+            Lease.network: self.network,
+            Lease.pool_id: self.pool_id,
+        }
+        for column, value in conditions.items():
+            if value is not None:
+                statement = statement.where(column == value)
+        if self.created_before is not None:
+            statement = statement.where(Lease.created_at < self.created_before)
+        return statement
 
 
 async def read_leases(
     session: AsyncSession,
+    where: LeaseFilter,
     *,
-    pool: Pool | None = None,
-    node: str | None = None,
     states: Sequence[LeaseState] | None = None,
 ) -> list[Lease]:
-    """List leases, by default the held ones, optionally of one pool or one node."""
-    statement = select(Lease).order_by(Lease.pool_id, Lease.address, Lease.id)
+    """List the leases that match ``where``, by default the held ones, in pool and address order."""
+    statement = where.apply(select(Lease)).order_by(Lease.pool_id, Lease.address, Lease.id)
     if states is None:
         statement = statement.where(text(HELD_SQL))
     else:
         statement = statement.where(Lease.state.in_(states))
-    if pool is not None:
-        statement = statement.where(Lease.pool_id == pool.id)
-    if node is not None:
-        statement = statement.where(Lease.node == node)
     return list((await session.execute(statement)).scalars().all())
+
+
+def cooldown_end(pool: Pool, now: datetime) -> datetime | None:
+    if pool.cooldown_seconds <= 0:
+        return None
+    return now + timedelta(seconds=pool.cooldown_seconds)
+
+
+def mark_released(lease: Lease, now: datetime) -> None:
+    lease.state = LeaseState.RELEASED
+    lease.released_at = now
+    lease.expires_at = None
+    lease.cooldown_until = cooldown_end(lease.pool, now)
+
+
+async def release_matching(session: AsyncSession, where: LeaseFilter) -> list[Lease]:
+    """Release every held lease that matches ``where``. Returns the leases released now."""
+    statement = where.apply(select(Lease)).where(text(HELD_SQL)).order_by(Lease.id)
+    leases = list((await session.execute(statement.with_for_update(of=Lease))).scalars().all())
+    now = utcnow()
+    for lease in leases:
+        mark_released(lease, now)
+    await session.flush()
+    for lease in leases:
+        owner_logger(_owner_of(lease)).info(
+            "lease released: %s in pool %s", lease_address(lease), lease.pool.name
+        )
+    return leases
+
+
+async def release_invalid(
+    session: AsyncSession,
+    *,
+    cluster: str,
+    node: str,
+    network: str,
+    valid: Collection[tuple[str, str]],
+) -> list[Lease]:
+    """Release the held leases of one node and network whose (container id, ifname) is not valid."""
+    where = LeaseFilter(cluster=cluster, node=node, network=network)
+    statement = where.apply(select(Lease)).where(text(HELD_SQL)).order_by(Lease.id)
+    leases = (await session.execute(statement.with_for_update(of=Lease))).scalars().all()
+    stale = [lease for lease in leases if (lease.container_id, lease.ifname) not in valid]
+    now = utcnow()
+    for lease in stale:
+        mark_released(lease, now)
+        owner_logger(_owner_of(lease)).info(
+            "lease released by GC of node %s, network %r: %s in pool %s",
+            node,
+            network,
+            lease_address(lease),
+            lease.pool.name,
+        )
+    await session.flush()
+    return stale
+
+
+async def confirm_leases(session: AsyncSession, request: LeaseConfirm) -> list[Lease]:
+    """Mark the owner's held leases bound and record the driver. Raises LeaseNotFound if none.
+
+    A pending lease past its expiry that the sweep has not reclaimed yet still
+    blocks its address, so confirming it is safe and is allowed.
+    """
+    owner = request.owner
+    where = LeaseFilter(cluster=owner.cluster, container_id=owner.container_id, ifname=owner.ifname)
+    statement = where.apply(select(Lease)).where(text(HELD_SQL)).order_by(Lease.id)
+    leases = list((await session.execute(statement.with_for_update(of=Lease))).scalars().all())
+    if not leases:
+        raise LeaseNotFound(
+            f"no pending or bound lease for owner {owner.cluster}/{owner.container_id}/"
+            f"{owner.ifname}; it may have expired before confirm: request a new lease",
+            {"cluster": owner.cluster, "containerID": owner.container_id, "ifname": owner.ifname},
+        )
+    now = utcnow()
+    log = owner_logger(owner)
+    for lease in leases:
+        if lease.state == LeaseState.PENDING:
+            lease.state = LeaseState.BOUND
+            lease.bound_at = now
+            lease.expires_at = None
+            lease.driver = request.driver
+            lease.options = request.options
+            log.info("lease bound: %s in pool %s", lease_address(lease), lease.pool.name)
+    await session.flush()
+    return leases
+
+
+def _owner_of(lease: Lease) -> Owner:
+    return Owner(cluster=lease.cluster, containerID=lease.container_id, ifname=lease.ifname)
+
+
+async def reclaim_expired(
+    session: AsyncSession, now: datetime, *, pool_id: int | None = None
+) -> int:
+    """Release pending leases whose expiry has passed, optionally of one pool. Returns how many."""
+    statement = (
+        select(Lease)
+        .where(Lease.state == LeaseState.PENDING, Lease.expires_at <= now)
+        .order_by(Lease.id)
+        .limit(SWEEP_BATCH)
+    )
+    if pool_id is not None:
+        statement = statement.where(Lease.pool_id == pool_id)
+    leases = (await session.execute(statement.with_for_update(of=Lease))).scalars().all()
+    for lease in leases:
+        mark_released(lease, now)
+        owner_logger(_owner_of(lease)).info(
+            "pending lease expired unconfirmed: %s in pool %s",
+            lease_address(lease),
+            lease.pool.name,
+        )
+    await session.flush()
+    return len(leases)
+
+
+async def end_cooldowns(session: AsyncSession, now: datetime, *, pool_id: int | None = None) -> int:
+    """Free the addresses of released leases whose cooldown has passed. Returns how many."""
+    statement = (
+        update(Lease)
+        .where(Lease.cooldown_until.is_not(None), Lease.cooldown_until <= now)
+        .values(cooldown_until=None)
+    )
+    if pool_id is not None:
+        statement = statement.where(Lease.pool_id == pool_id)
+    result = await session.execute(statement)
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def delete_old_released(session: AsyncSession, before: datetime) -> int:
+    """Delete released leases that were released before ``before`` and no longer cool down."""
+    result = await session.execute(
+        delete(Lease).where(
+            Lease.state == LeaseState.RELEASED,
+            Lease.cooldown_until.is_(None),
+            Lease.released_at < before,
+        )
+    )
+    return int(getattr(result, "rowcount", 0) or 0)

@@ -8,6 +8,7 @@ checks with Alembic's autogenerate comparison.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -34,6 +35,9 @@ HELD_STATES = (LeaseState.PENDING, LeaseState.BOUND)
 # because SQLite uses a partial index only when the query's WHERE clause
 # contains the index's WHERE term itself, and a bound parameter never matches it.
 HELD_SQL = "state IN ('pending', 'bound')"
+# A lease blocks its address while held and, once released, until its cooldown
+# ends (the background task then sets cooldown_until to NULL).
+BLOCKING_SQL = "(state IN ('pending', 'bound') OR cooldown_until IS NOT NULL)"
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -95,6 +99,15 @@ class Pool(Base):
     excludes: Mapped[list[str]] = mapped_column(JSON)
     cursor: Mapped[bytes | None] = mapped_column(LargeBinary(16))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    routes: Mapped[list[dict[str, str]]] = mapped_column(JSON, server_default="[]")
+    dns: Mapped[dict[str, list[str]]] = mapped_column(JSON, server_default="{}")
+    cooldown_seconds: Mapped[int] = mapped_column(Integer, server_default="30")
+    priority: Mapped[int] = mapped_column(Integer, server_default="0")
+    selectors: Mapped[dict[str, dict[str, str]]] = mapped_column(JSON, server_default="{}")
+    cluster: Mapped[str | None] = mapped_column(String(253))
+    vlan: Mapped[int | None] = mapped_column(Integer)
+    generation: Mapped[int] = mapped_column(Integer, server_default="1")
+    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     @property
     def version(self) -> IPVersion:
@@ -104,20 +117,21 @@ class Pool(Base):
 class Lease(Base):
     """An address given to one owner (cluster, container id, ifname) out of one pool.
 
-    A released lease stays as a row for the record. Only held leases (pending,
-    bound) count against the pool and block their address, which the two
-    partial unique indexes below enforce.
+    A released lease stays as a row for the record until the retention period
+    ends. Held leases (pending, bound) count against the pool; they and released
+    leases in their cooldown block their address, which the partial unique
+    index on (pool_id, address) enforces. One owner holds at most one lease per pool.
     """
 
     __tablename__ = "lease"
     __table_args__ = (
         Index(
-            "uq_lease_pool_address_held",
+            "uq_lease_pool_address_blocking",
             "pool_id",
             "address",
             unique=True,
-            sqlite_where=text(HELD_SQL),
-            postgresql_where=text(HELD_SQL),
+            sqlite_where=text(BLOCKING_SQL),
+            postgresql_where=text(BLOCKING_SQL),
         ),
         Index(
             "uq_lease_pool_owner_held",
@@ -131,6 +145,10 @@ class Lease(Base):
         ),
         Index("ix_lease_owner", "cluster", "container_id", "ifname"),
         Index("ix_lease_node", "node"),
+        Index("ix_lease_cluster_pod_uid", "cluster", "pod_uid"),
+        Index("ix_lease_expires_at", "expires_at"),
+        Index("ix_lease_cooldown_until", "cooldown_until"),
+        Index("ix_lease_released_at", "released_at"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -157,6 +175,11 @@ class Lease(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     bound_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     released_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    cooldown_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    network: Mapped[str] = mapped_column(String(253), default="", server_default="")
+    mac: Mapped[str | None] = mapped_column(String(64))
+    options: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     # Every lease view needs its pool's name, prefix length and gateway, and a
     # lazy load would run hidden IO under asyncio, so the pool is always joined.

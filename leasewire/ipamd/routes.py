@@ -1,78 +1,54 @@
-"""HTTP handlers of ipamd's API, version 1.
+"""HTTP handlers of ipamd's lease API, version 1, and the operations endpoints.
 
 Each handler validates its input with the wire models of ``leasewire.api``,
 runs one transaction, and returns a wire model as JSON. Errors are raised as
-domain errors and turned into JSON by the error middleware.
+domain errors and turned into JSON by the error middleware. Pool handlers are
+in ``routes_pools.py``.
 """
 
 from __future__ import annotations
 
-from typing import TypeVar
+import time
+from datetime import datetime
 
 from aiohttp import web
-from pydantic import BaseModel, ValidationError
+from sqlalchemy import text
 
-from leasewire.api import LeaseCreate, LeaseState, Owner, PoolCreate
-from leasewire.ipamd.errors import InvalidRequest, PoolNotFound
-from leasewire.ipamd.leases import allocate_lease, lease_view, read_leases, release_leases
-from leasewire.ipamd.pools import (
-    count_held_leases,
-    create_pool,
-    delete_pool,
-    layout_of,
-    pool_view,
-    read_pool,
-    read_pools,
-    require_pool,
+from leasewire.api import (
+    LeaseConfirm,
+    LeaseCreate,
+    LeaseCreated,
+    LeaseGC,
+    LeaseList,
+    LeaseState,
+    LeaseView,
+    ReleasedLeases,
 )
-from leasewire.ipamd.state import POOL_LOCKS, SESSIONMAKER
+from leasewire.ipamd.batch import WRITER
+from leasewire.ipamd.errors import InvalidRequest, IpamError, PoolNotFound
+from leasewire.ipamd.httpio import json_answer, read_body
+from leasewire.ipamd.leases import (
+    LeaseFilter,
+    confirm_leases,
+    lease_view,
+    read_leases,
+    release_invalid,
+    release_matching,
+)
+from leasewire.ipamd.metrics import CONTENT_TYPE, PoolUsage
+from leasewire.ipamd.openapi import build_document, register_operation
+from leasewire.ipamd.pools import count_leases, layout_of, read_pool, read_pools
+from leasewire.ipamd.state import METRICS, SCHEMA_HEAD, transaction
 
 routes = web.RouteTableDef()
 
-ModelT = TypeVar("ModelT", bound=BaseModel)
+_LIST_FILTERS = ("pool", "node", "cluster", "podUID", "containerID", "ifname", "network", "state")
+_RELEASE_FILTERS = ("cluster", "containerID", "ifname", "podUID", "node", "network", "pool")
 
 
-def _invalid_request(error: ValidationError) -> InvalidRequest:
-    """Describe every problem of a request body, each naming its field and value."""
-    problems: list[dict[str, object]] = []
-    parts: list[str] = []
-    for item in error.errors(include_url=False):
-        field = ".".join(str(part) for part in item["loc"]) or "body"
-        problem: dict[str, object] = {"field": field, "message": item["msg"]}
-        if item["type"] in ("missing", "json_invalid"):
-            parts.append(f"{field}: {item['msg']}")
-        else:
-            problem["value"] = item["input"]
-            parts.append(f"{field} = {item['input']!r}: {item['msg']}")
-        problems.append(problem)
-    return InvalidRequest("invalid request: " + "; ".join(parts), {"errors": problems})
-
-
-async def _read_body(request: web.Request, model: type[ModelT]) -> ModelT:
-    raw = await request.read()
-    try:
-        return model.model_validate_json(raw or b"null")
-    except ValidationError as error:
-        raise _invalid_request(error) from None
-
-
-def _json(model: BaseModel | list[BaseModel], status: int = 200) -> web.Response:
-    if isinstance(model, list):
-        body: object = [item.model_dump(mode="json", by_alias=True) for item in model]
-    else:
-        body = model.model_dump(mode="json", by_alias=True)
-    return web.json_response(body, status=status)
-
-
-def _query(request: web.Request, name: str) -> str:
-    value = request.query.get(name)
-    if not value:
-        raise InvalidRequest(
-            f"missing query parameter {name}; {request.method} {request.path} needs "
-            "cluster, containerID and ifname",
-            {"field": name},
-        )
-    return value
+class NotReady(IpamError):
+    status = 503
+    code = "not_ready"
 
 
 @routes.get("/healthz")
@@ -80,93 +56,211 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-@routes.post("/v1/pools")
-async def post_pool(request: web.Request) -> web.Response:
-    spec = await _read_body(request, PoolCreate)
-    async with request.app[SESSIONMAKER].begin() as session:
-        pool, created = await create_pool(session, spec)
-        allocated = (await count_held_leases(session, [pool.id]))[pool.id]
-        view = pool_view(pool, allocated)
-    return _json(view, status=201 if created else 200)
+@routes.get("/readyz")
+async def readyz(request: web.Request) -> web.Response:
+    head = request.app[SCHEMA_HEAD]
+    async with transaction(request.app) as session:
+        current = (await session.execute(text("SELECT version_num FROM alembic_version"))).scalar()
+    if current != head:
+        raise NotReady(
+            f"database schema is at revision {current}, not at {head}; "
+            "run 'leasewire ipamd migrate' or restart ipamd to upgrade it",
+            {"schema": current, "head": head},
+        )
+    return web.json_response({"status": "ready", "schema": current})
 
 
-@routes.get("/v1/pools")
-async def get_pools(request: web.Request) -> web.Response:
-    async with request.app[SESSIONMAKER].begin() as session:
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    async with transaction(request.app) as session:
         pools = await read_pools(session)
-        counts = await count_held_leases(session, [pool.id for pool in pools])
-    return _json([pool_view(pool, counts[pool.id]) for pool in pools])
+        counts = await count_leases(session, [pool.id for pool in pools])
+    usage = []
+    for pool in pools:
+        size = layout_of(pool).size
+        held = counts[pool.id].held
+        free = max(size - held - counts[pool.id].cooling, 0)
+        usage.append(PoolUsage(name=pool.name, size=size, allocated=held, free=free))
+    body = request.app[METRICS].render(usage)
+    return web.Response(body=body.encode(), headers={"Content-Type": CONTENT_TYPE})
 
 
-@routes.get("/v1/pools/{name}")
-async def get_pool(request: web.Request) -> web.Response:
-    name = request.match_info["name"]
-    async with request.app[SESSIONMAKER].begin() as session:
-        pool = await require_pool(session, name)
-        allocated = (await count_held_leases(session, [pool.id]))[pool.id]
-    return _json(pool_view(pool, allocated))
-
-
-@routes.delete("/v1/pools/{name}")
-async def remove_pool(request: web.Request) -> web.Response:
-    name = request.match_info["name"]
-    async with request.app[SESSIONMAKER].begin() as session:
-        pool = await require_pool(session, name)
-        view = pool_view(pool, 0)
-        await delete_pool(session, name)
-    return _json(view)
+@routes.get("/v1/openapi.json")
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(build_document())
 
 
 @routes.post("/v1/leases")
 async def post_lease(request: web.Request) -> web.Response:
-    lease_request = await _read_body(request, LeaseCreate)
-    # The lock spans the whole transaction including its commit; otherwise a
-    # second request could read the held addresses before the first commits.
-    async with (
-        request.app[POOL_LOCKS].for_pool(lease_request.pool),
-        request.app[SESSIONMAKER].begin() as session,
-    ):
-        pool = await require_pool(session, lease_request.pool)
-        lease, created = await allocate_lease(session, pool, layout_of(pool), lease_request)
-        view = lease_view(lease)
-    return _json(view, status=201 if created else 200)
+    body = await read_body(request, LeaseCreate)
+    app = request.app
+    started = time.perf_counter()
+    # The allocation writer commits the lease (in a batch with others) before it answers.
+    allocation = await app[WRITER].allocate(body)
+    app[METRICS].allocation_seconds.observe(time.perf_counter() - started)
+    # The LeaseCreated answer, built as a dict: the first lease, plus all of them in "leases".
+    views = [view.model_dump(mode="json", by_alias=True) for view in allocation.views]
+    answer = {**views[0], "leases": views}
+    return web.json_response(answer, status=201 if allocation.created else 200)
+
+
+@routes.post("/v1/leases/confirm")
+async def post_confirm(request: web.Request) -> web.Response:
+    body = await read_body(request, LeaseConfirm)
+    async with transaction(request.app) as session:
+        leases = await confirm_leases(session, body)
+        views = [lease_view(lease) for lease in leases]
+    return json_answer(LeaseList(leases=views))
+
+
+@routes.post("/v1/leases/gc")
+async def post_gc(request: web.Request) -> web.Response:
+    body = await read_body(request, LeaseGC)
+    valid = {(item.container_id, item.ifname) for item in body.valid}
+    async with transaction(request.app) as session:
+        leases = await release_invalid(
+            session, cluster=body.cluster, node=body.node, network=body.network, valid=valid
+        )
+        views = [lease_view(lease) for lease in leases]
+    return json_answer(ReleasedLeases(released=views))
+
+
+def _created_before(request: web.Request) -> datetime | None:
+    value = request.query.get("createdBefore")
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise InvalidRequest(
+            f"invalid query parameter createdBefore = {value!r}: expected an RFC 3339 time "
+            "with a time zone, e.g. 2026-01-02T03:04:05Z",
+            {"field": "createdBefore", "value": value},
+        )
+    return moment
+
+
+def _release_filter(request: web.Request) -> tuple[LeaseFilter, str | None]:
+    query = {name: request.query.get(name) or None for name in _RELEASE_FILTERS}
+    identified = query["cluster"] is not None and (
+        query["containerID"] is not None or query["podUID"] is not None or query["node"] is not None
+    )
+    if not identified:
+        raise InvalidRequest(
+            "missing query parameters: DELETE /v1/leases needs cluster together with "
+            "containerID (and optionally ifname), podUID or node",
+            {"field": "containerID" if query["cluster"] else "cluster"},
+        )
+    where = LeaseFilter(
+        cluster=query["cluster"],
+        container_id=query["containerID"],
+        ifname=query["ifname"],
+        pod_uid=query["podUID"],
+        node=query["node"],
+        network=request.query.get("network"),
+        created_before=_created_before(request),
+    )
+    return where, query["pool"]
 
 
 @routes.delete("/v1/leases")
 async def delete_leases(request: web.Request) -> web.Response:
-    owner = Owner(
-        cluster=_query(request, "cluster"),
-        containerID=_query(request, "containerID"),
-        ifname=_query(request, "ifname"),
-    )
-    async with request.app[SESSIONMAKER].begin() as session:
-        leases = await release_leases(session, owner)
-        views = [lease_view(lease) for lease in leases]
-    return _json(list(views))
-
-
-@routes.get("/v1/leases")
-async def get_leases(request: web.Request) -> web.Response:
-    pool_name = request.query.get("pool")
-    node = request.query.get("node")
-    state_text = request.query.get("state")
-    states = None
-    if state_text is not None:
-        try:
-            states = [LeaseState(state_text)]
-        except ValueError:
-            allowed = ", ".join(state.value for state in LeaseState)
-            raise InvalidRequest(
-                f"invalid query parameter state = {state_text!r}: use one of {allowed}",
-                {"field": "state", "value": state_text},
-            ) from None
-
-    async with request.app[SESSIONMAKER].begin() as session:
-        pool = None
+    where, pool_name = _release_filter(request)
+    async with transaction(request.app) as session:
         if pool_name is not None:
             pool = await read_pool(session, pool_name)
             if pool is None:
                 raise PoolNotFound(pool_name)
-        leases = await read_leases(session, pool=pool, node=node, states=states)
+            where = LeaseFilter(**{**where.__dict__, "pool_id": pool.id})
+        leases = await release_matching(session, where)
         views = [lease_view(lease) for lease in leases]
-    return _json(list(views))
+    return json_answer(ReleasedLeases(released=views))
+
+
+def _states(value: str | None) -> list[LeaseState] | None:
+    if value is None or value == "held":
+        return None
+    if value == "all":
+        return list(LeaseState)
+    try:
+        return [LeaseState(value)]
+    except ValueError:
+        allowed = ", ".join([*(state.value for state in LeaseState), "held", "all"])
+        raise InvalidRequest(
+            f"invalid query parameter state = {value!r}: use one of {allowed}",
+            {"field": "state", "value": value},
+        ) from None
+
+
+@routes.get("/v1/leases")
+async def get_leases(request: web.Request) -> web.Response:
+    query = request.query
+    states = _states(query.get("state"))
+    pool_name = query.get("pool")
+    async with transaction(request.app) as session:
+        pool_id = None
+        if pool_name is not None:
+            pool = await read_pool(session, pool_name)
+            if pool is None:
+                raise PoolNotFound(pool_name)
+            pool_id = pool.id
+        where = LeaseFilter(
+            cluster=query.get("cluster"),
+            container_id=query.get("containerID"),
+            ifname=query.get("ifname"),
+            pod_uid=query.get("podUID"),
+            node=query.get("node"),
+            network=query.get("network"),
+            pool_id=pool_id,
+        )
+        leases = await read_leases(session, where, states=states)
+        views = [lease_view(lease) for lease in leases]
+    return json_answer(views)
+
+
+register_operation("GET", "/healthz", "Liveness: the process serves HTTP.")
+register_operation(
+    "GET", "/readyz", "Readiness: the database answers and its schema is current.", statuses=(200,)
+)
+register_operation("GET", "/metrics", "Prometheus metrics in the text exposition format.")
+register_operation("GET", "/v1/openapi.json", "This OpenAPI document.")
+register_operation(
+    "POST",
+    "/v1/leases",
+    "Lease addresses to an owner: from the named pool(s), or from pools chosen by selectors.",
+    request=LeaseCreate,
+    response=LeaseCreated,
+    statuses=(200, 201),
+)
+register_operation(
+    "POST",
+    "/v1/leases/confirm",
+    "Mark the owner's pending leases bound and record the driver and its options.",
+    request=LeaseConfirm,
+    response=LeaseList,
+)
+register_operation(
+    "POST",
+    "/v1/leases/gc",
+    "Release the leases of one node and network whose attachment is not in the valid list.",
+    request=LeaseGC,
+    response=ReleasedLeases,
+)
+register_operation(
+    "DELETE",
+    "/v1/leases",
+    "Release every held lease that matches all filters (cluster plus containerID, podUID "
+    "or node; optionally ifname, network, pool, createdBefore).",
+    response=ReleasedLeases,
+    query=(*_RELEASE_FILTERS, "createdBefore"),
+)
+register_operation(
+    "GET",
+    "/v1/leases",
+    "List leases, held ones unless state is given (pending, bound, released, held, all).",
+    response=LeaseView,
+    response_is_list=True,
+    query=_LIST_FILTERS,
+)
