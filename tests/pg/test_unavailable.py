@@ -12,11 +12,12 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from .pgserver import PostgresServer, find_binary, start_server, stop_server
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from leasewire.ipamd.app import create_app
+
+from .pgserver import PostgresServer, find_binary, start_server, stop_server
 
 
 @pytest.fixture
