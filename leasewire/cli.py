@@ -30,6 +30,20 @@ def _add_ipamd(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="SQLAlchemy async URL (default %(default)s)",
     )
     parser.add_argument(
+        "--pending-ttl",
+        type=float,
+        default=120.0,
+        help="seconds a new lease stays pending without confirm before it expires "
+        "(default %(default)s)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="ipamd processes sharing the listen port (SO_REUSEPORT); more than 1 needs "
+        "PostgreSQL (default %(default)s)",
+    )
+    parser.add_argument(
         "action",
         nargs="?",
         choices=["serve", "migrate"],
@@ -149,6 +163,63 @@ def _add_install_cni(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     parser.set_defaults(handler="leasewire.cni.install:main")
 
 
+def _add_operator(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "operator", help="run the Kubernetes operator: IPPool and AttachProfile resources, GC"
+    )
+    parser.add_argument(
+        "--ipamd",
+        default=f"http://{DEFAULT_IPAMD_LISTEN}",
+        help="base URL of ipamd (default %(default)s)",
+    )
+    parser.add_argument(
+        "--cluster", default="default", help="cluster name of this cluster's leases and pools"
+    )
+    parser.add_argument(
+        "--token-file", default=None, help="file holding the cluster's bearer token for ipamd"
+    )
+    parser.add_argument(
+        "--namespace",
+        action="append",
+        help="serve only the pods of this namespace (repeatable; default: all namespaces)",
+    )
+    parser.add_argument(
+        "--peering",
+        default="leasewire",
+        help="name of the ClusterKopfPeering shared by the replicas (default %(default)s)",
+    )
+    parser.add_argument(
+        "--standalone", action="store_true", help="run without peering (a single replica)"
+    )
+    parser.add_argument(
+        "--priority",
+        type=int,
+        default=None,
+        help="peering priority; the highest acts, the others wait (default: random)",
+    )
+    parser.add_argument(
+        "--pool-refresh",
+        type=float,
+        default=60.0,
+        help="seconds between pool status refreshes and lease reconciliations "
+        "(default %(default)s)",
+    )
+    parser.add_argument(
+        "--pod-grace",
+        type=float,
+        default=120.0,
+        help="seconds between the two pod listings a lease's pod must be absent from "
+        "before its release (default %(default)s)",
+    )
+    parser.add_argument(
+        "--node-grace",
+        type=float,
+        default=300.0,
+        help="seconds after a node's deletion before its leases are released (default %(default)s)",
+    )
+    parser.set_defaults(handler="leasewire.operator.main:main")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="leasewire", description=__doc__.splitlines()[0] if __doc__ else None
@@ -162,6 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_up(sub)
     _add_demo(sub)
     _add_install_cni(sub)
+    _add_operator(sub)
+    from leasewire import ctl
+
+    ctl.add_commands(sub)
     return parser
 
 

@@ -20,6 +20,13 @@ APT_PACKAGES=(
     runc
     containernetworking-plugins
     busybox-static
+    # The ctr test (tests/e2e/test_ctr.py) runs a private containerd with `ctr run --cni`.
+    containerd
+    # The VM tests (tests/vm): depmod and modprobe for the guest kernel's modules.
+    kmod
+    # ipamd's PostgreSQL tests and benchmark start a private server (initdb, pg_ctl, pgbench).
+    postgresql
+    postgresql-contrib
 )
 # -----------------------------------------------------------------------------
 
@@ -106,4 +113,39 @@ else
     step "installing leasewire[test] into the venv (pip install -e, warnings hidden)"
     (cd "$REPO_ROOT" && "$VENV_DIR/bin/python" -m pip install -qq --disable-pip-version-check -e '.[test]')
     echo "$wanted" >"$stamp"
+fi
+
+# 5. The VM for the ipvlan, VLAN and SR-IOV tests (tests/vm): QEMU 8 or newer
+#    from bookworm-backports (bookworm's QEMU 7.2 lacks the SR-IOV capable
+#    "-device igb"), and Debian's kernel package extracted into a cache
+#    directory, so the host's /boot stays untouched.
+BACKPORTS_LIST=/etc/apt/sources.list.d/leasewire-backports.list
+VM_KERNEL_DIR=/opt/leasewire/vm-kernel
+qemu_major="$(qemu-system-x86_64 --version 2>/dev/null | sed -n 's/^QEMU emulator version \([0-9]*\).*/\1/p')"
+if [[ -n "$qemu_major" && "$qemu_major" -ge 8 ]]; then
+    step "QEMU $qemu_major already installed"
+else
+    step "installing qemu-system-x86 from bookworm-backports"
+    echo 'deb http://deb.debian.org/debian bookworm-backports main' >"$BACKPORTS_LIST"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends -t bookworm-backports qemu-system-x86 >/dev/null
+fi
+if compgen -G "$VM_KERNEL_DIR/root/boot/vmlinuz-*" >/dev/null; then
+    step "VM kernel already in $VM_KERNEL_DIR"
+else
+    kernel_package="$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-/ {print $2; exit}')"
+    if [[ -z "$kernel_package" ]]; then
+        # The package lists are missing or stale when every apt package was
+        # already installed and step 1 skipped the update.
+        apt-get update -qq
+        kernel_package="$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/ {print $2; exit}')"
+    fi
+    step "extracting $kernel_package into $VM_KERNEL_DIR for the VM tests"
+    rm -rf "$VM_KERNEL_DIR"
+    mkdir -p "$VM_KERNEL_DIR"
+    (cd "$VM_KERNEL_DIR" && apt-get download -qq "$kernel_package" 2>/dev/null)
+    dpkg-deb -x "$VM_KERNEL_DIR"/"$kernel_package"_*.deb "$VM_KERNEL_DIR/root"
+    rm -f "$VM_KERNEL_DIR"/*.deb
+    depmod -b "$VM_KERNEL_DIR/root" "${kernel_package#linux-image-}"
 fi
