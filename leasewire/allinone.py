@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import logging
 import socket
 from dataclasses import dataclass
@@ -19,7 +18,9 @@ import aiohttp
 from aiohttp import web
 
 from leasewire.cni.node import NodeSettings, NodeStartError, install_stop_handlers, start_node
+from leasewire.defaultpool import default_pool_spec
 from leasewire.ipamd.app import create_app
+from leasewire.listen import base_url, parse_listen
 
 log = logging.getLogger(__name__)
 
@@ -35,35 +36,11 @@ class AllInOneSettings:
 
     @property
     def ipamd_url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return base_url(self.host, self.port)
 
     @property
     def database_url(self) -> str:
         return f"sqlite+aiosqlite:///{self.state_dir / 'ipamd.db'}"
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    """Split ``HOST:PORT`` (or ``[V6]:PORT``) into its parts."""
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise ValueError(
-            f"invalid --listen {listen!r}: expected HOST:PORT, for example 127.0.0.1:8470"
-        )
-    return host.strip("[]"), int(port)
-
-
-def default_pool_spec(name: str, cidr: str) -> dict[str, object]:
-    """Build the default pool: the whole CIDR, with its first address as gateway."""
-    try:
-        network = ipaddress.ip_network(cidr)
-    except ValueError as error:
-        raise ValueError(f"invalid --pool-cidr {cidr!r}: {error}") from None
-    if network.num_addresses < 4:
-        raise ValueError(
-            f"--pool-cidr {cidr!r} is too small for a pool with a gateway: use a /30 or larger"
-        )
-    return {"name": name, "cidr": str(network), "gateway": str(network.network_address + 1)}
 
 
 async def ensure_default_pool(url: str, spec: dict[str, object]) -> None:

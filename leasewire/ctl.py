@@ -179,8 +179,14 @@ def run_pool(args: argparse.Namespace) -> str:
     if args.pool_action == "show":
         return _show_pool(request(url, "GET", f"/v1/pools/{args.name}"))
     if args.pool_action == "create":
-        pool = request(url, "PUT", f"/v1/pools/{args.name}", body=_pool_spec(args))
+        # POST: creating a pool that exists with another spec is an error, so
+        # that a typo cannot silently rewrite a pool in use.
+        body = {"name": args.name, **_pool_spec(args)}
+        pool = request(url, "POST", "/v1/pools", body=body)
         return f"pool {pool['name']} ready: {pool['size']} usable addresses\n" + _show_pool(pool)
+    if args.pool_action == "update":
+        pool = request(url, "PUT", f"/v1/pools/{args.name}", body=_pool_spec(args))
+        return f"pool {pool['name']} updated: {pool['size']} usable addresses\n" + _show_pool(pool)
     request(url, "DELETE", f"/v1/pools/{args.name}")
     return f"pool {args.name} deleted"
 
@@ -228,9 +234,26 @@ def _add_lease_filters(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(option, dest=dest, help=f"only leases with this {dest}")
 
 
+def _add_pool_spec_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name")
+    parser.add_argument("cidr", help="the pool's CIDR, e.g. 10.20.0.0/16")
+    parser.add_argument("--gateway", help="gateway address inside the CIDR (never leased)")
+    parser.add_argument("--range", action="append", help="START-END, inclusive; repeatable")
+    parser.add_argument("--exclude", action="append", help="address, CIDR or START-END")
+    parser.add_argument("--cluster", help="only this cluster may use the pool (default: all)")
+    parser.add_argument("--vlan", type=int, help="VLAN id, 1-4094")
+    parser.add_argument("--priority", type=int, default=0, help="higher is chosen first")
+    parser.add_argument("--cooldown", type=int, help="seconds a released address rests")
+    parser.add_argument("--route", action="append", help="DST[,GW] route for pods; repeatable")
+    parser.add_argument("--nameserver", action="append", help="DNS server for pods; repeatable")
+    _add_ipamd_option(parser)
+
+
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``pool`` and ``lease`` with the ``leasewire`` parser."""
-    pool = sub.add_parser("pool", help="list, show, create or delete pools of a running ipamd")
+    pool = sub.add_parser(
+        "pool", help="list, show, create, update or delete pools of a running ipamd"
+    )
     pool_sub = pool.add_subparsers(dest="pool_action", required=True)
     pool_list = pool_sub.add_parser("list", help="list pools with their usage")
     _add_ipamd_option(pool_list)
@@ -238,19 +261,11 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         parser = pool_sub.add_parser(action, help=text)
         parser.add_argument("name")
         _add_ipamd_option(parser)
-    create = pool_sub.add_parser("create", help="create a pool, or update it (PUT semantics)")
-    create.add_argument("name")
-    create.add_argument("cidr", help="the pool's CIDR, e.g. 10.20.0.0/16")
-    create.add_argument("--gateway", help="gateway address inside the CIDR (never leased)")
-    create.add_argument("--range", action="append", help="START-END, inclusive; repeatable")
-    create.add_argument("--exclude", action="append", help="address, CIDR or START-END")
-    create.add_argument("--cluster", help="only this cluster may use the pool (default: all)")
-    create.add_argument("--vlan", type=int, help="VLAN id, 1-4094")
-    create.add_argument("--priority", type=int, default=0, help="higher is chosen first")
-    create.add_argument("--cooldown", type=int, help="seconds a released address rests")
-    create.add_argument("--route", action="append", help="DST[,GW] route for pods; repeatable")
-    create.add_argument("--nameserver", action="append", help="DNS server for pods; repeatable")
-    _add_ipamd_option(create)
+    for action, text in (
+        ("create", "create a pool (an existing pool with another spec is an error)"),
+        ("update", "replace a pool's spec; the CIDR cannot change and held leases stay"),
+    ):
+        _add_pool_spec_options(pool_sub.add_parser(action, help=text))
     pool.set_defaults(handler="leasewire.ctl:main")
 
     lease = sub.add_parser("lease", help="list or release leases of a running ipamd")

@@ -24,7 +24,8 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from leasewire.allinone import parse_listen
+from leasewire.defaultpool import default_pool_spec
+from leasewire.listen import base_url, parse_listen
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,8 @@ def find_network(conf_dir: Path) -> Network:
             return Network(path, conflist["name"], conflist.get("cniVersion", "1.0.0"), plugins[0])
     raise DemoError(
         f"find the network: no conflist in {conf_dir} names the leasewire plugin; "
-        "run 'leasewire install-cni' first (or pass --conf-dir)"
+        f"run 'leasewire install-cni --conf-dir {conf_dir}' first, or pass the --conf-dir "
+        "that holds it"
     )
 
 
@@ -138,6 +140,8 @@ def ensure_daemon(
     daemon = subprocess.Popen(command, stdout=log_file, stderr=log_file, stdin=subprocess.DEVNULL)
 
     def stop_daemon() -> None:
+        if daemon.poll() is not None:
+            return
         daemon.terminate()
         try:
             daemon.wait(timeout=10)
@@ -268,11 +272,19 @@ def demo(args: argparse.Namespace) -> None:
             f"run 'leasewire install-cni --bin-dir {args.bin_dir}' first"
         )
     network = find_network(Path(args.conf_dir))
-    host, port = parse_listen(args.listen)
-    ipamd_url = f"http://{host}:{port}"
+    try:
+        host, port = parse_listen(args.listen)
+        default_pool_spec(network.pool, args.pool_cidr)
+    except ValueError as error:
+        raise DemoError(f"check options: {error}") from None
+    ipamd_url = base_url(host, port)
 
     with ExitStack() as stack:
         ensure_daemon(args, network, ipamd_url, stack)
+        _note_pool_cidr(ipamd_url, network.pool, args.pool_cidr)
+        if not link_exists(network.bridge):
+            # Registered before the pods, so it runs after their DEL.
+            stack.callback(_remove_idle_bridge, network.bridge)
         pods = create_pods(args.pods, stack)
 
         for pod in pods:
@@ -296,8 +308,9 @@ def demo(args: argparse.Namespace) -> None:
         pool = _ipamd_get(f"{ipamd_url}/v1/pools/{network.pool}")
         assert isinstance(pool, dict)
         print(
-            f"deleted {len(pods)} pods; pool {network.pool}: "
-            f"{pool['allocated']} allocated, {pool['free']} free"
+            f"deleted {len(pods)} pods; pool {network.pool}: {pool['allocated']} allocated, "
+            f"{pool.get('cooling', 0)} cooling (released addresses rest "
+            f"{pool.get('cooldownSeconds', 0)} s before reuse), {pool['free']} free"
         )
         if pool["allocated"] != 0:
             raise DemoError(
@@ -308,7 +321,28 @@ def demo(args: argparse.Namespace) -> None:
             raise DemoError(
                 f"check the node: host interfaces left after DEL: {', '.join(leftovers)}"
             )
-    print("removed the demo namespaces; nothing left behind")
+    print("removed the demo namespaces and interfaces; nothing left behind")
+
+
+def _note_pool_cidr(ipamd_url: str, pool_name: str, requested: str) -> None:
+    """Say so when the pool exists already with another CIDR than --pool-cidr."""
+    pool = _ipamd_get(f"{ipamd_url}/v1/pools/{pool_name}")
+    if isinstance(pool, dict) and pool.get("cidr") != requested:
+        print(
+            f"note: pool {pool_name} exists with CIDR {pool.get('cidr')}; "
+            f"--pool-cidr {requested} applies only when the pool is created"
+        )
+
+
+def _remove_idle_bridge(bridge: str) -> None:
+    """Remove the bridge that the demo's pods made, unless something else uses it now."""
+    ports = subprocess.run(
+        ["ip", "-o", "link", "show", "master", bridge], capture_output=True, text=True
+    ).stdout
+    if ports.strip():
+        print(f"kept the bridge {bridge}: other interfaces use it", file=sys.stderr)
+        return
+    subprocess.run(["ip", "link", "delete", bridge, "type", "bridge"], capture_output=True)
 
 
 def _delete_quietly(shim: Path, network: Network, pod: Pod) -> None:

@@ -51,7 +51,8 @@ class PoolNotFound(IpamError):
 
     def __init__(self, name: str) -> None:
         super().__init__(
-            f"pool {name!r} not found; create it with POST /v1/pools or check the name",
+            f"pool {name!r} not found; check the name, or create it with POST /v1/pools "
+            "('leasewire pool create')",
             {"pool": name},
         )
 

@@ -15,25 +15,13 @@ from leasewire.ipamd.app import create_app
 from leasewire.ipamd.db import upgrade_schema
 from leasewire.ipamd.state import IpamSettings
 from leasewire.ipamd.workers import WorkerSpec, run_workers
+from leasewire.listen import parse_listen
 
 log = logging.getLogger(__name__)
 
 SHUTDOWN_TIMEOUT_S = 10.0
 """Seconds that running requests get to finish after SIGTERM or SIGINT. A
 request is one short transaction, so 10 s leaves a wide margin."""
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    """Split ``HOST:PORT`` (``[::1]:8470`` for IPv6) into host and port. Raises ValueError."""
-    host, separator, port_text = listen.rpartition(":")
-    if not separator or not host or not port_text.isdigit():
-        raise ValueError(f"invalid --listen {listen!r}: expected HOST:PORT, e.g. 127.0.0.1:8470")
-    port = int(port_text)
-    if not 0 < port < 65536:
-        raise ValueError(f"invalid --listen {listen!r}: port {port} is not in 1..65535")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host, port
 
 
 def serve(spec: WorkerSpec) -> None:

@@ -268,7 +268,8 @@ async def upsert_pool(session: AsyncSession, name: str, spec: PoolSpec) -> tuple
     if cidr != existing.cidr:
         raise FieldImmutable(
             f"pool {name!r}: cidr cannot change from {existing.cidr} to {spec.cidr}, "
-            "because existing leases depend on it; create a new pool instead",
+            "because it would move the pool's addresses under its leases; "
+            "create a new pool, or delete this one first",
             {"pool": name, "field": "cidr", "value": spec.cidr, "current": existing.cidr},
         )
     layout, canonical = canonical_spec(spec)

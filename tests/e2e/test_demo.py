@@ -87,6 +87,9 @@ def test_demo_wires_pods_and_leaves_nothing(tmp_path: Path) -> None:
         assert "0 allocated" in demo.stdout
         assert _demo_netns() == netns_before
         assert _bridge_ports(bridge) == []
+        # The bridge did not exist before, so the demo removed it too.
+        bridge_left = subprocess.run(["ip", "link", "show", "dev", bridge], capture_output=True)
+        assert bridge_left.returncode != 0
         # The demo stopped the daemon it started.
         log = (state_dir / "up.log").read_text()
         assert "stopping" in log

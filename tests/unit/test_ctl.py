@@ -46,6 +46,27 @@ async def test_pool_and_lease_commands(ipamd_url: str, capsys: pytest.CaptureFix
     assert status == 0
     assert "5 usable addresses" in out
 
+    # create does not overwrite: the same spec again is fine, another one is an error.
+    status, out, _ = await run(
+        capsys,
+        "pool",
+        "create",
+        "p",
+        "10.70.0.0/29",
+        "--gateway",
+        "10.70.0.1",
+        "--route",
+        "0.0.0.0/0,10.70.0.1",
+        "--ipamd",
+        ipamd_url,
+    )
+    assert status == 0
+    status, out, err = await run(
+        capsys, "pool", "create", "p", "10.70.0.0/29", "--ipamd", ipamd_url
+    )
+    assert status == 1
+    assert "pool_exists" in err
+
     status, out, _ = await run(capsys, "pool", "list", "--ipamd", ipamd_url)
     assert out.splitlines()[0].split() == [
         "NAME",
@@ -74,6 +95,21 @@ async def test_pool_and_lease_commands(ipamd_url: str, capsys: pytest.CaptureFix
     status, out, err = await run(capsys, "lease", "release", "--node", "n", "--ipamd", ipamd_url)
     assert status == 1
     assert "invalid_request" in err
+
+    status, out, _ = await run(
+        capsys,
+        "pool",
+        "update",
+        "p",
+        "10.70.0.0/29",
+        "--gateway",
+        "10.70.0.6",
+        "--ipamd",
+        ipamd_url,
+    )
+    assert status == 0
+    assert "pool p updated" in out
+    assert "10.70.0.6" in out
 
     status, out, err = await run(capsys, "pool", "delete", "missing", "--ipamd", ipamd_url)
     assert status == 1
