@@ -16,8 +16,9 @@ import logging
 import os
 import re
 import sys
-import tempfile
 from pathlib import Path
+
+from leasewire.durable import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -77,24 +78,6 @@ def _ensure_dir(path: Path, purpose: str, option: str) -> None:
             f"cannot create the {purpose} {path}: {error.strerror or error}; "
             f"create it yourself or choose another one with {option}"
         ) from error
-
-
-def write_atomically(path: Path, data: str, mode: int) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory.
-
-    A reader sees either the old file or the complete new one, never a part.
-    """
-    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fchmod(handle.fileno(), mode)
-            os.fsync(handle.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
 
 
 def install(

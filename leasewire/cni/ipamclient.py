@@ -12,17 +12,14 @@ fields keeps working with an older node daemon.
 
 from __future__ import annotations
 
-import json
-import logging
 from typing import Any
 
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from leasewire.api import ErrorBody, LeaseState, Owner, PodRef
+from leasewire import ipamdhttp
+from leasewire.api import LeaseState, Owner, PodRef
 from leasewire.cni.timings import measure
-
-logger = logging.getLogger(__name__)
 
 
 class IpamUnavailableError(Exception):
@@ -226,41 +223,17 @@ class IpamClient:
         params: dict[str, str] | None = None,
         json_body: dict[str, Any] | None = None,
     ) -> tuple[int, Any]:
-        url = self._base_url + path
         try:
             with measure("ipamd"):
-                async with self._session.request(
-                    method, url, params=params, json=json_body
-                ) as response:
-                    status = response.status
-                    text = await response.text()
-        except TimeoutError:
-            # aiohttp raises TimeoutError when the session's ClientTimeout expires.
-            timeout = self._session.timeout.total
-            raise IpamUnavailableError(
-                self._base_url, f"{method} {path} timed out after {timeout} s"
-            ) from None
-        except aiohttp.ClientError as error:
-            raise IpamUnavailableError(
-                self._base_url, f"{method} {path} failed: {error}"
-            ) from error
-        logger.debug("%s %s -> %s", method, url, status)
-
-        try:
-            payload = json.loads(text) if text else None
-        except ValueError:
-            payload = None
-
-        if status >= 500 or (status >= 400 and payload is None):
-            raise IpamUnavailableError(
-                self._base_url, f"{method} {path} returned HTTP {status}: {text[:200]}"
-            )
-        if status >= 400:
-            try:
-                error_body = ErrorBody.model_validate(payload)
-            except ValidationError:
-                raise IpamUnavailableError(
-                    self._base_url, f"{method} {path} returned HTTP {status}: {text[:200]}"
-                ) from None
-            raise IpamRejectedError(status, error_body.code, error_body.message)
-        return status, payload
+                return await ipamdhttp.request_json(
+                    self._session,
+                    method,
+                    self._base_url + path,
+                    label=f"{method} {path}",
+                    params=params,
+                    json_body=json_body,
+                )
+        except ipamdhttp.UnavailableError as error:
+            raise IpamUnavailableError(self._base_url, error.reason) from error.__cause__
+        except ipamdhttp.RejectedError as error:
+            raise IpamRejectedError(error.status, error.body.code, error.body.message) from None

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from leasewire.api import Owner
+from leasewire.durable import write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -56,10 +57,7 @@ class AddJournal:
         return self.directory / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".json")
 
     def begin(self, record: AddRecord) -> None:
-        path = self._path(record.owner)
-        temporary = path.with_suffix(".tmp")
-        temporary.write_text(record.to_json(), encoding="utf-8")
-        temporary.replace(path)
+        write_atomically(self._path(record.owner), record.to_json(), 0o600, sync=False)
 
     def end(self, owner: Owner) -> None:
         self._path(owner).unlink(missing_ok=True)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from leasewire.api import Owner
 from leasewire.cni.ipamclient import IpamClient, IpamRejectedError, IpamUnavailableError
+from leasewire.durable import fsync_directory, write_atomically, write_synced
 
 logger = logging.getLogger(__name__)
 
@@ -51,14 +52,6 @@ class QueuedRelease:
 
 def now_rfc3339() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class ReleaseQueue:
@@ -115,25 +108,15 @@ class ReleaseQueue:
 
     def _append(self, entry: QueuedRelease) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            os.write(fd, (entry.to_json() + "\n").encode("utf-8"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        line = (entry.to_json() + "\n").encode("utf-8")
+        write_synced(self.path, line, os.O_APPEND | os.O_CREAT)
 
     def _rewrite(self, entries: list[QueuedRelease]) -> None:
         if not entries:
             self.path.unlink(missing_ok=True)
-            _fsync_directory(self.path.parent)
+            fsync_directory(self.path.parent)
             return
-        temporary = self.path.with_suffix(".tmp")
-        with temporary.open("w", encoding="utf-8") as file:
-            file.writelines(entry.to_json() + "\n" for entry in entries)
-            file.flush()
-            os.fsync(file.fileno())
-        temporary.replace(self.path)
-        _fsync_directory(self.path.parent)
+        write_atomically(self.path, "".join(entry.to_json() + "\n" for entry in entries), 0o600)
 
     async def replay(self, ipam: IpamClient, owner: Owner | None = None) -> int:
         """Send the queued releases (only ``owner``'s when given) to ipamd.

@@ -16,6 +16,8 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from leasewire.durable import write_synced
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_STATE_DIR = "/run/leasewire/sriov"
@@ -64,15 +66,11 @@ class VfStore:
     def claim(self, record: VfRecord) -> VfRecord | None:
         """Write ``record`` unless the VF is claimed already; return the existing record then."""
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path = self.path(record.pci_address)
+        data = json.dumps(asdict(record)).encode("utf-8")
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            write_synced(self.path(record.pci_address), data, os.O_CREAT | os.O_EXCL)
         except FileExistsError:
             return self.read(record.pci_address)
-        with os.fdopen(fd, "w") as file:
-            json.dump(asdict(record), file)
-            file.flush()
-            os.fsync(file.fileno())
         return None
 
     def read(self, pci_address: str) -> VfRecord | None:

@@ -8,8 +8,6 @@ and IpamdRejectedError when ipamd refuses the request with a 4xx error code
 
 from __future__ import annotations
 
-import json
-import logging
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,9 +15,8 @@ from typing import Any, TypeVar
 import aiohttp
 from pydantic import BaseModel, ValidationError
 
-from leasewire.api import ErrorBody, LeaseView, PoolSpec, PoolView, ReleasedLeases
-
-log = logging.getLogger(__name__)
+from leasewire import ipamdhttp
+from leasewire.api import LeaseView, PoolSpec, PoolView, ReleasedLeases
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -167,34 +164,16 @@ class IpamdClient:
     ) -> tuple[int, Any]:
         url = self._base_url + path
         try:
-            async with self._session.request(
-                method, url, params=params, json=json_body
-            ) as response:
-                status = response.status
-                text = await response.text()
-        except TimeoutError:
-            raise IpamdUnavailableError(
-                f"{method} {url} timed out after {self._session.timeout.total} s"
-            ) from None
-        except aiohttp.ClientError as error:
-            raise IpamdUnavailableError(f"{method} {url} failed: {error}") from error
-        log.debug("%s %s -> %d", method, url, status)
-
-        try:
-            payload = json.loads(text) if text else None
-        except ValueError:
-            payload = None
-
-        if status >= 500:
-            raise IpamdUnavailableError(f"{method} {url} returned HTTP {status}: {text[:200]}")
-        if status >= 400:
-            try:
-                error_body = ErrorBody.model_validate(payload)
-            except ValidationError:
-                raise IpamdUnavailableError(
-                    f"{method} {url} returned HTTP {status} without an error body: {text[:200]}"
-                ) from None
-            raise IpamdRejectedError(
-                status, error_body.code, error_body.message, error_body.details
+            return await ipamdhttp.request_json(
+                self._session,
+                method,
+                url,
+                label=f"{method} {url}",
+                params=params,
+                json_body=json_body,
             )
-        return status, payload
+        except ipamdhttp.UnavailableError as error:
+            raise IpamdUnavailableError(error.reason) from error.__cause__
+        except ipamdhttp.RejectedError as error:
+            body = error.body
+            raise IpamdRejectedError(error.status, body.code, body.message, body.details) from None

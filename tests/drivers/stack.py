@@ -5,52 +5,24 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import leasewire.cni
 
+# pytest imports tests/integration as the package "integration" (tests/ is no
+# package), while mypy checks it as "tests.integration"; both name one module.
+if TYPE_CHECKING:
+    from tests.integration.daemons import Ipamd, free_port, start_ipamd, start_node_daemon, stop
+else:
+    from integration.daemons import Ipamd, free_port, start_ipamd, start_node_daemon, stop
+
 SHIM = Path(leasewire.cni.__file__).with_name("shim.py")
-LEASEWIRE = Path(sys.executable).with_name("leasewire")
 CLUSTER = "drivers"
-START_SECONDS = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class Ipamd:
-    def __init__(self, url: str) -> None:
-        self.url = url
-
-    def request(self, method: str, path: str, body: object = None) -> tuple[int, Any]:
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.url + path, data=data, method=method)
-        request.add_header("Content-Type", "application/json")
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                return response.status, json.loads(response.read() or b"null")
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read() or b"null")
-
-    def healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(self.url + "/healthz", timeout=1) as response:
-                return bool(response.status == 200)
-        except OSError:
-            return False
 
 
 @dataclass
@@ -70,65 +42,19 @@ class Stack:
     @classmethod
     def start(cls, directory: Path, node_name: str, env: Mapping[str, str] | None = None) -> Stack:
         environment = {**os.environ, **(env or {})}
-        port = free_port()
-        stack = cls(directory, node_name, environment, [], Ipamd(f"http://127.0.0.1:{port}"))
+        ipamd, ipamd_process = start_ipamd(directory, free_port(), env=environment)
         try:
-            stack._spawn(
-                "ipamd.log",
-                "ipamd",
-                "--listen",
-                f"127.0.0.1:{port}",
-                "--database",
-                f"sqlite+aiosqlite:///{directory}/ipamd.db",
+            _, node_process = start_node_daemon(
+                directory, ipamd.url, cluster=CLUSTER, node_name=node_name, env=environment
             )
-            stack._wait(stack.ipamd.healthy, "ipamd")
-            stack._spawn(
-                "node.log",
-                "node",
-                "--socket",
-                str(stack.socket_path),
-                "--ipamd",
-                stack.ipamd.url,
-                "--cluster",
-                CLUSTER,
-                "--node-name",
-                node_name,
-                "--state-dir",
-                str(directory / "state"),
-            )
-            stack._wait(stack.socket_path.exists, "node daemon")
         except BaseException:
-            stack.stop()
+            stop(ipamd_process)
             raise
-        return stack
-
-    def _spawn(self, log_name: str, *args: str) -> None:
-        with (self.directory / log_name).open("ab") as log:
-            self.processes.append(
-                subprocess.Popen(
-                    [str(LEASEWIRE), *args], stdout=log, stderr=subprocess.STDOUT, env=self.env
-                )
-            )
-
-    def _wait(self, check: Any, what: str) -> None:
-        deadline = time.monotonic() + START_SECONDS
-        while time.monotonic() < deadline:
-            process = self.processes[-1]
-            if process.poll() is not None:
-                raise RuntimeError(f"{what} exited with code {process.returncode} at start-up")
-            if check():
-                return
-            time.sleep(0.1)
-        raise RuntimeError(f"{what} did not start within {START_SECONDS} s")
+        return cls(directory, node_name, environment, [ipamd_process, node_process], ipamd)
 
     def stop(self) -> None:
         for process in reversed(self.processes):
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop(process)
 
     def shim(
         self, command: str, config: dict[str, object], container_id: str, netns: str, ifname: str

@@ -1,5 +1,5 @@
 """Fixtures for end-to-end tests: a busybox root filesystem, a private podman,
-and the all-in-one daemon (``leasewire up``) as a subprocess.
+the all-in-one daemon (``leasewire up``) as a subprocess, and ``install-cni``.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ ROOTFS_DIRS = ("bin", "proc", "sys", "dev", "etc", "tmp", "run")
 # "error setting rlimit". busybox needs far less.
 CONTAINER_ULIMITS = ("nofile=1024:1024", "nproc=1024:1024")
 COMMAND_TIMEOUT = 120.0
+CNI_RESULTS_DIR = Path("/var/lib/cni/results")
+HELD_STATES = ("pending", "bound")
 STARTUP_TIMEOUT = 60.0
 
 
@@ -102,6 +104,18 @@ class Podman:
                 f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
             )
         return result.stdout
+
+    def remove_network_leftovers(self, network: str, bridge: str) -> None:
+        """Remove every container, ``bridge`` and libcni's cached results of ``network``.
+
+        Cleanup code calls it, so it never raises for what is already gone.
+        """
+        self.run("rm", "--all", "--force", "--time", "0")
+        subprocess.run(["ip", "link", "delete", bridge], capture_output=True, check=False)
+        # libcni keeps each ADD result under /var/lib/cni/results until a DEL
+        # succeeds; a failed test can leave entries for its network behind.
+        for entry in CNI_RESULTS_DIR.glob(f"{network}-*"):
+            entry.unlink(missing_ok=True)
 
 
 def write_containers_conf(path: Path, *, network_config_dir: Path, plugin_dirs: list[Path]) -> None:
@@ -179,9 +193,59 @@ class AllInOne:
             state = "running" if status is None else f"exited with {status}"
             pytest.fail(f"GET {self.ipamd_url}{path} failed ({error}); leasewire up is {state}")
 
+    def held_leases(self, pool: str) -> list[dict[str, object]]:
+        """Return the pending and bound leases of ``pool``."""
+        body = self.get_json(f"/v1/leases?pool={pool}")
+        # Older ipamd versions answer a bare list, newer ones {"leases": [...]}.
+        leases = body["leases"] if isinstance(body, dict) else body
+        assert isinstance(leases, list), f"unexpected GET /v1/leases body: {body!r}"
+        return [lease for lease in leases if lease["state"] in HELD_STATES]
+
 
 class StartAllInOne(Protocol):
     def __call__(self, *, pool: str, pool_cidr: str) -> AllInOne: ...
+
+
+class InstallCni(Protocol):
+    def __call__(
+        self, *, bin_dir: Path, conf_dir: Path, network: str, pool: str, bridge: str, socket: Path
+    ) -> None: ...
+
+
+def _install_cni(
+    *, bin_dir: Path, conf_dir: Path, network: str, pool: str, bridge: str, socket: Path
+) -> None:
+    installed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "leasewire.cli",
+            "install-cni",
+            "--bin-dir",
+            str(bin_dir),
+            "--conf-dir",
+            str(conf_dir),
+            "--network",
+            network,
+            "--pool",
+            pool,
+            "--bridge",
+            bridge,
+            "--socket",
+            str(socket),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert installed.returncode == 0, installed.stderr
+
+
+@pytest.fixture
+def install_cni() -> InstallCni:
+    """Return a function that runs ``leasewire install-cni`` as a user does and checks it."""
+    return _install_cni
 
 
 def _healthy(url: str) -> bool:

@@ -12,15 +12,12 @@ private instance with its own root, state and socket.
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import secrets
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,7 +25,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from tests.e2e.conftest import StartAllInOne
+    from tests.e2e.conftest import InstallCni, StartAllInOne
 
 pytestmark = [
     pytest.mark.root,
@@ -80,17 +77,11 @@ def containerd() -> Iterator[Path]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def held_leases(url: str, pool: str) -> list[dict[str, object]]:
-    with urllib.request.urlopen(f"{url}/v1/leases?pool={pool}", timeout=10) as response:
-        body = json.load(response)
-    leases = body["leases"] if isinstance(body, dict) else body
-    return [lease for lease in leases if lease["state"] in ("pending", "bound")]
-
-
 def test_ctr_run_cni_gets_lease_and_releases_it(
     tmp_path: Path,
     containerd: Path,
     allinone_factory: StartAllInOne,
+    install_cni: InstallCni,
     busybox_rootfs: Path,
 ) -> None:
     suffix = secrets.token_hex(3)
@@ -99,31 +90,14 @@ def test_ctr_run_cni_gets_lease_and_releases_it(
     bin_dir = tmp_path / "bin"
     conf_dir = tmp_path / "net.d"
     socket_path = tmp_path / "node.sock"
-    installed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "leasewire.cli",
-            "install-cni",
-            "--bin-dir",
-            str(bin_dir),
-            "--conf-dir",
-            str(conf_dir),
-            "--network",
-            name,
-            "--pool",
-            pool,
-            "--bridge",
-            bridge,
-            "--socket",
-            str(socket_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    install_cni(
+        bin_dir=bin_dir,
+        conf_dir=conf_dir,
+        network=name,
+        pool=pool,
+        bridge=bridge,
+        socket=socket_path,
     )
-    assert installed.returncode == 0, installed.stderr
     daemon = allinone_factory(pool=pool, pool_cidr=str(cidr))
     container_id = f"lwt{suffix}"
 
@@ -150,7 +124,7 @@ def test_ctr_run_cni_gets_lease_and_releases_it(
         address = shown.split(" inet ", 1)[1].split()[0]
         assert ipaddress.ip_interface(address).ip in cidr, shown
         # ctr's DEL came with an empty CNI_NETNS and still released the lease.
-        assert held_leases(daemon.ipamd_url, pool) == []
+        assert daemon.held_leases(pool) == []
         log = daemon.log_text()
         assert f"default-{container_id}" in log
     finally:

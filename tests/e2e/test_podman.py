@@ -12,7 +12,6 @@ import os
 import re
 import secrets
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ import pytest
 if TYPE_CHECKING:
     # Fixture types only: pytest loads conftest itself, and importing it again
     # at run time would create a second copy of the module.
-    from tests.e2e.conftest import AllInOne, Podman, StartAllInOne
+    from tests.e2e.conftest import AllInOne, InstallCni, Podman, StartAllInOne
 
 pytestmark = [
     pytest.mark.root,
@@ -32,7 +31,6 @@ pytestmark = [
 ]
 
 HELD_STATES = ("pending", "bound")
-CNI_RESULTS_DIR = Path("/var/lib/cni/results")
 
 
 @dataclass
@@ -65,6 +63,7 @@ def network(
     tmp_path: Path,
     podman: Podman,
     allinone_factory: StartAllInOne,
+    install_cni: InstallCni,
     busybox_rootfs: Path,
 ) -> Iterator[PodmanNetwork]:
     """Yield a leasewire network with a fresh pool, bridge and daemon.
@@ -80,43 +79,21 @@ def network(
     cidr = ipaddress.IPv4Network(f"10.253.{secrets.randbelow(256)}.0/24")
     socket_path = tmp_path / "node.sock"
 
-    installed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "leasewire.cli",
-            "install-cni",
-            "--bin-dir",
-            str(tmp_path / "bin"),
-            "--conf-dir",
-            str(podman.network_config_dir),
-            "--network",
-            name,
-            "--pool",
-            pool,
-            "--bridge",
-            bridge,
-            "--socket",
-            str(socket_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    install_cni(
+        bin_dir=tmp_path / "bin",
+        conf_dir=podman.network_config_dir,
+        network=name,
+        pool=pool,
+        bridge=bridge,
+        socket=socket_path,
     )
-    assert installed.returncode == 0, installed.stderr
 
     try:
         daemon = allinone_factory(pool=pool, pool_cidr=str(cidr))
         assert daemon.socket_path == socket_path
         yield PodmanNetwork(name, pool, cidr, bridge, daemon, podman, busybox_rootfs)
     finally:
-        podman.run("rm", "--all", "--force", "--time", "0")
-        delete_link(bridge)
-        # libcni keeps each ADD result under /var/lib/cni/results until a DEL
-        # succeeds; a failed test can leave entries for its network behind.
-        for entry in CNI_RESULTS_DIR.glob(f"{name}-*"):
-            entry.unlink(missing_ok=True)
+        podman.remove_network_leftovers(name, bridge)
         # Captured output: pytest shows it only when the test failed.
         print(f"---- leasewire up log ({tmp_path / 'up.log'}) ----")
         print(
@@ -142,11 +119,6 @@ def bridge_ports(bridge: str) -> list[str]:
     if result.returncode != 0:
         return []
     return [line.split(":")[1].strip().split("@")[0] for line in result.stdout.splitlines()]
-
-
-def delete_link(name: str) -> None:
-    """Delete a link if it exists; used in cleanup, so it never raises."""
-    subprocess.run(["ip", "link", "delete", name], capture_output=True)
 
 
 def container_ipv4(output: str) -> list[ipaddress.IPv4Interface]:

@@ -8,8 +8,6 @@ import ipaddress
 import json
 import os
 import secrets
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -19,15 +17,13 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from tests.e2e.conftest import Podman, StartAllInOne
+    from tests.e2e.conftest import InstallCni, Podman, StartAllInOne
 
 pytestmark = [
     pytest.mark.root,
     pytest.mark.podman,
     pytest.mark.skipif(os.geteuid() != 0, reason="podman with CNI networks needs root"),
 ]
-
-CNI_RESULTS_DIR = Path("/var/lib/cni/results")
 
 
 def free_port() -> int:
@@ -54,48 +50,25 @@ def fetch(url: str, seconds: float = 20.0) -> int:
             time.sleep(0.3)
 
 
-def held_leases(url: str, pool: str) -> list[dict[str, object]]:
-    with urllib.request.urlopen(f"{url}/v1/leases?pool={pool}", timeout=10) as response:
-        body = json.load(response)
-    leases = body["leases"] if isinstance(body, dict) else body
-    return [lease for lease in leases if lease["state"] in ("pending", "bound")]
-
-
 def test_podman_publishes_port_on_loopback(
     tmp_path: Path,
     podman: Podman,
     allinone_factory: StartAllInOne,
+    install_cni: InstallCni,
     busybox_rootfs: Path,
 ) -> None:
     suffix = secrets.token_hex(3)
     name = bridge = pool = f"lwt{suffix}"
     cidr = ipaddress.IPv4Network(f"10.252.{secrets.randbelow(256)}.0/24")
     socket_path = tmp_path / "node.sock"
-    installed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "leasewire.cli",
-            "install-cni",
-            "--bin-dir",
-            str(tmp_path / "bin"),
-            "--conf-dir",
-            str(tmp_path / "unused-net.d"),
-            "--network",
-            name,
-            "--pool",
-            pool,
-            "--bridge",
-            bridge,
-            "--socket",
-            str(socket_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    install_cni(
+        bin_dir=tmp_path / "bin",
+        conf_dir=tmp_path / "unused-net.d",
+        network=name,
+        pool=pool,
+        bridge=bridge,
+        socket=socket_path,
     )
-    assert installed.returncode == 0, installed.stderr
     conflist = {
         "cniVersion": "1.0.0",
         "name": name,
@@ -135,7 +108,7 @@ def test_podman_publishes_port_on_loopback(
             "-h",
             "/bin",
         )
-        (lease,) = held_leases(daemon.ipamd_url, pool)
+        (lease,) = daemon.held_leases(pool)
         assert ipaddress.ip_interface(str(lease["address"])).ip in cidr
 
         # busybox httpd lists nothing for a directory without index.html, but
@@ -143,9 +116,6 @@ def test_podman_publishes_port_on_loopback(
         assert fetch(f"http://127.0.0.1:{host_port}/") in (200, 403, 404)
 
         podman.check("rm", "--force", "--time", "0", f"web{suffix}")
-        assert held_leases(daemon.ipamd_url, pool) == []
+        assert daemon.held_leases(pool) == []
     finally:
-        podman.run("rm", "--all", "--force", "--time", "0")
-        subprocess.run(["ip", "link", "del", bridge], capture_output=True, check=False)
-        for entry in CNI_RESULTS_DIR.glob(f"{name}-*"):
-            entry.unlink(missing_ok=True)
+        podman.remove_network_leftovers(name, bridge)

@@ -14,13 +14,9 @@ import os
 import random
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,12 +26,12 @@ import pytest
 
 import leasewire.cni
 
+from .daemons import Ipamd, NodeDaemon, free_port, start_ipamd, start_node_daemon, stop
+
 REPO = Path(__file__).resolve().parents[2]
 SHIM = Path(leasewire.cni.__file__).with_name("shim.py")
-LEASEWIRE = Path(sys.executable).with_name("leasewire")
 CLUSTER = "itest"
 NODE = "itest-node"
-STARTUP_SECONDS = 30.0
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -52,66 +48,6 @@ def unique_name(prefix: str = "lwt") -> str:
     return prefix + secrets.token_hex(4)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_for(check: Callable[[], bool], what: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{what} exited with code {process.returncode} during start-up")
-        if check():
-            return
-        time.sleep(0.1)
-    raise RuntimeError(f"{what} did not start within {STARTUP_SECONDS} s")
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
-class Ipamd:
-    """A running ipamd subprocess and a tiny client for the checks in tests."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-
-    def request(self, method: str, path: str, body: object = None) -> tuple[int, Any]:
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.url + path, data=data, method=method)
-        request.add_header("Content-Type", "application/json")
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                return response.status, json.loads(response.read() or b"null")
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read() or b"null")
-
-    def leases(self, pool: str, state: str | None = None) -> list[dict[str, Any]]:
-        query = f"pool={pool}" + (f"&state={state}" if state else "")
-        status, payload = self.request("GET", f"/v1/leases?{query}")
-        assert status == 200, payload
-        if isinstance(payload, dict):
-            payload = payload["leases"]
-        assert isinstance(payload, list)
-        return payload
-
-    def healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(self.url + "/healthz", timeout=1) as response:
-                return bool(response.status == 200)
-        except OSError:
-            return False
-
-
 @pytest.fixture(scope="session")
 def session_dir() -> Iterator[Path]:
     """A private directory for the daemons' files.
@@ -125,32 +61,6 @@ def session_dir() -> Iterator[Path]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def start_ipamd(directory: Path, port: int, *extra: str) -> tuple[Ipamd, subprocess.Popen[bytes]]:
-    """Start ipamd on ``port`` with its SQLite file in ``directory`` and wait until it serves."""
-    directory.mkdir(exist_ok=True)
-    with (directory / "ipamd.log").open("ab") as log:
-        process = subprocess.Popen(
-            [
-                str(LEASEWIRE),
-                "ipamd",
-                "--listen",
-                f"127.0.0.1:{port}",
-                "--database",
-                f"sqlite+aiosqlite:///{directory}/ipamd.db",
-                *extra,
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    server = Ipamd(f"http://127.0.0.1:{port}")
-    try:
-        wait_for(server.healthy, "ipamd", process)
-    except BaseException:
-        stop(process)
-        raise
-    return server, process
-
-
 @pytest.fixture(scope="session")
 def ipamd(session_dir: Path) -> Iterator[Ipamd]:
     server, process = start_ipamd(session_dir / "ipamd", free_port())
@@ -160,47 +70,11 @@ def ipamd(session_dir: Path) -> Iterator[Ipamd]:
         stop(process)
 
 
-@dataclass(frozen=True)
-class NodeDaemon:
-    socket_path: Path
-    log_path: Path
-
-
-def start_node_daemon(
-    directory: Path, ipamd_url: str
-) -> tuple[NodeDaemon, subprocess.Popen[bytes]]:
-    socket_path = directory / "node.sock"
-    log_path = directory / "node.log"
-    # A socket file that a killed daemon left would look ready at once.
-    socket_path.unlink(missing_ok=True)
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            [
-                str(LEASEWIRE),
-                "node",
-                "--socket",
-                str(socket_path),
-                "--ipamd",
-                ipamd_url,
-                "--cluster",
-                CLUSTER,
-                "--node-name",
-                NODE,
-                "--state-dir",
-                str(directory / "state"),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    wait_for(socket_path.exists, "node daemon", process)
-    return NodeDaemon(socket_path, log_path), process
-
-
 @pytest.fixture(scope="session")
 def node_daemon(session_dir: Path, ipamd: Ipamd) -> Iterator[NodeDaemon]:
     directory = session_dir / "node"
     directory.mkdir()
-    daemon, process = start_node_daemon(directory, ipamd.url)
+    daemon, process = start_node_daemon(directory, ipamd.url, cluster=CLUSTER, node_name=NODE)
     try:
         yield daemon
     finally:

@@ -12,7 +12,8 @@ import pytest
 
 from leasewire.drivers.netlink import host_veth_name
 
-from .conftest import Ipamd, Network, Pool, ip, link_exists, unique_name
+from .conftest import Network, Pool, ip, link_exists, unique_name
+from .daemons import Ipamd
 
 MAC_PATTERN = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
 

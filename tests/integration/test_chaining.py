@@ -19,7 +19,8 @@ from leasewire.cni.install import install
 from leasewire.drivers.netlink import host_veth_name
 
 from .cniharness import Attachment, CniCallError, CniHarness
-from .conftest import CLUSTER, Ipamd, NodeDaemon, Pool, free_port, ip, link_exists, unique_name
+from .conftest import CLUSTER, Pool, ip, link_exists, unique_name
+from .daemons import Ipamd, NodeDaemon, free_port
 
 REFERENCE_PLUGINS = Path("/usr/lib/cni")
 

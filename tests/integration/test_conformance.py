@@ -17,12 +17,12 @@ from leasewire.drivers.netlink import host_veth_name
 from .conftest import (
     CLUSTER,
     SHIM,
-    Ipamd,
     Network,
     Pool,
     ip,
     link_exists,
 )
+from .daemons import Ipamd
 
 VERSIONS = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
 

@@ -29,19 +29,16 @@ from leasewire.drivers.registry import DriverSet
 
 from .conftest import (
     CLUSTER,
+    NODE,
     SHIM,
-    Ipamd,
     Pool,
     ShimOutput,
     free_cidr,
-    free_port,
     ip,
     link_exists,
-    start_ipamd,
-    start_node_daemon,
-    stop,
     unique_name,
 )
+from .daemons import Ipamd, free_port, start_ipamd, start_node_daemon, stop
 from .ipamdproxy import run_proxy
 
 CONFIRM = ("POST", "/v1/leases/confirm")
@@ -311,7 +308,7 @@ async def test_node_killed_mid_add_cleans_up_on_restart(
     veth = host_veth_name("pod-kill", "eth0")
     async with run_proxy(ipamd.url) as proxy:
         proxy.delays[CONFIRM] = 60.0
-        daemon, process = start_node_daemon(daemon_dir, proxy.url)
+        daemon, process = start_node_daemon(daemon_dir, proxy.url, cluster=CLUSTER, node_name=NODE)
         try:
             add = asyncio.create_task(
                 run_shim(
@@ -338,7 +335,9 @@ async def test_node_killed_mid_add_cleans_up_on_restart(
 
         proxy.delays.clear()
         # In a thread: the proxy in this event loop serves the restarted daemon's requests.
-        daemon, process = await asyncio.to_thread(start_node_daemon, daemon_dir, proxy.url)
+        daemon, process = await asyncio.to_thread(
+            start_node_daemon, daemon_dir, proxy.url, cluster=CLUSTER, node_name=NODE
+        )
         try:
             # The restarted daemon undid the unfinished ADD before serving.
             assert not link_exists(veth)

@@ -16,7 +16,8 @@ import pytest
 from leasewire.cni.node import NodeSettings, NodeStartError, start_node
 from leasewire.drivers.netlink import host_veth_name
 
-from .conftest import SHIM, free_port, link_exists, unique_name
+from .conftest import SHIM, link_exists, unique_name
+from .daemons import free_port
 
 
 def settings_for(directory: Path, ipamd_url: str, timeout: float = 10.0) -> NodeSettings:

@@ -13,7 +13,7 @@ import pytest
 
 import leasewire.cni
 from leasewire.cli import main as cli_main
-from leasewire.cni.install import write_atomically
+from leasewire.durable import write_atomically
 
 SHIM_SOURCE = Path(leasewire.cni.__file__).with_name("shim.py")
 
