@@ -27,7 +27,15 @@ from leasewire.drivers.base import (
     IPAddress,
     IPInterface,
 )
-from leasewire.drivers.netlink import find_link, is_own_netns, link_mac, netlink_step, open_netns
+from leasewire.drivers.netlink import (
+    find_link,
+    is_own_netns,
+    link_index,
+    link_mac,
+    netlink_step,
+    open_netns,
+    open_pod,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,8 +56,8 @@ async def ensure_pod_interface_free(netns: str, ifname: str) -> None:
             f"CNI_NETNS {netns!r} is the node daemon's own network namespace, not a pod's",
         )
     with measure("netlink"):
-        async with open_netns(netns) as pod:
-            if await find_link(pod, ifname) is not None:
+        async with open_pod(netns) as pod:
+            if link_index(pod.sock, ifname) is not None:
                 raise InterfaceExistsError(f"interface {ifname!r} already exists in {netns!r}")
 
 

@@ -8,6 +8,8 @@ the thread below (bench/bench_cni.py and a loop of opens, on a 2-core VM).
 A netlink socket stays in the namespace it was created in, so it is enough
 that one thread enters the namespace with setns(2), creates the socket and
 returns. The socket then goes to pyroute2 with ``AsyncIPRoute(use_socket=...)``.
+The caller also gets the open namespace file, which it can pass on as
+IFLA_NET_NS_FD to create a link directly in the namespace.
 
 Every call runs in a new thread of its own. If the thread cannot return to
 its namespace, it ends anyway, so no thread of this process stays in a pod's
@@ -36,12 +38,13 @@ def _setns(fd: int) -> None:
         raise OSError(code, os.strerror(code))
 
 
-def _create_in_namespace(path: str) -> socket.socket:
+def _create_in_namespace(path: str) -> tuple[socket.socket, int]:
     """Create the socket in the namespace at ``path``; run only in a thread of its own.
 
-    The path is opened, never created, so a missing namespace raises
-    FileNotFoundError. Raises RuntimeError if the thread could not return to
-    its own namespace; the thread must end then.
+    Returns the socket and the open namespace file. The path is opened, never
+    created, so a missing namespace raises FileNotFoundError. Raises
+    RuntimeError if the thread could not return to its own namespace; the
+    thread must end then.
     """
     target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -61,38 +64,41 @@ def _create_in_namespace(path: str) -> socket.socket:
                     ) from error
         finally:
             os.close(own)
-    finally:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, BUFFER_BYTES)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, BUFFER_BYTES)
+    except BaseException:
         os.close(target)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, BUFFER_BYTES)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, BUFFER_BYTES)
-    return sock
+        raise
+    return sock, target
 
 
-async def netlink_socket_in(path: str) -> socket.socket:
+async def netlink_socket_in(path: str) -> tuple[socket.socket, int]:
     """Return a NETLINK_ROUTE socket created in the network namespace at ``path``.
 
+    Also returns the namespace file, opened read-only; the caller closes both.
     Raises OSError (FileNotFoundError for a missing path, EINVAL for a file
     that is not a network namespace).
     """
     loop = asyncio.get_running_loop()
-    done: asyncio.Future[socket.socket] = loop.create_future()
+    done: asyncio.Future[tuple[socket.socket, int]] = loop.create_future()
 
-    def deliver(sock: socket.socket | None, error: BaseException | None) -> None:
+    def deliver(opened: tuple[socket.socket, int] | None, error: BaseException | None) -> None:
         if done.cancelled():
-            if sock is not None:
-                sock.close()
+            if opened is not None:
+                opened[0].close()
+                os.close(opened[1])
         elif error is not None:
             done.set_exception(error)
         else:
-            done.set_result(sock)  # type: ignore[arg-type]
+            done.set_result(opened)  # type: ignore[arg-type]
 
     def run() -> None:
         try:
-            sock = _create_in_namespace(path)
+            opened = _create_in_namespace(path)
         except BaseException as error:
             loop.call_soon_threadsafe(deliver, None, error)
         else:
-            loop.call_soon_threadsafe(deliver, sock, None)
+            loop.call_soon_threadsafe(deliver, opened, None)
 
     threading.Thread(target=run, name=f"netns-socket {path}", daemon=True).start()
     return await done

@@ -41,6 +41,49 @@ async def add_address(ipr: Any, index: int, item: PodAddress, where: str) -> Non
         )
 
 
+async def set_pod_link_up(
+    pod: Any, index: int, *, where: str, mtu: int | None, new_name: str | None = None
+) -> None:
+    """Set the pod interface up, with its MTU and new name, in one request.
+
+    The kernel renames and sets the MTU before it changes the flags, and a
+    link must be down to be renamed.
+    """
+    changes: dict[str, Any] = {"state": "up"}
+    action = f"set {where} up"
+    if new_name is not None:
+        changes["ifname"] = new_name
+        action = f"rename link {index} to {where} and set it up"
+    if mtu is not None:
+        changes["mtu"] = mtu
+        action += f" with MTU {mtu}"
+    with netlink_step(action):
+        await pod.link("set", index=index, **changes)
+
+
+async def add_pod_addresses(
+    pod: Any, index: int, *, where: str, netns: str, addresses: Sequence[PodAddress]
+) -> None:
+    """Add the leased addresses to the pod interface, and one default route per family.
+
+    The first lease of a family with a gateway sets that family's default route.
+    """
+    for item in addresses:
+        await add_address(pod, index, item, where)
+    routed: set[int] = set()
+    for item in addresses:
+        if item.gateway is None or item.address.version in routed:
+            continue
+        routed.add(item.address.version)
+        with netlink_step(f"add default route via {item.gateway} in {netns!r}"):
+            await pod.route(
+                "add",
+                dst=default_route(item.address.version),
+                gateway=str(item.gateway),
+                oif=index,
+            )
+
+
 async def configure_pod_link(
     pod: Any,
     index: int,
@@ -55,26 +98,8 @@ async def configure_pod_link(
     Returns the link as it is afterwards.
     """
     where = f"{ifname!r} in {netns!r}"
-    if mtu is not None:
-        with netlink_step(f"set MTU {mtu} on {where}"):
-            await pod.link("set", index=index, mtu=mtu)
-    for item in addresses:
-        await add_address(pod, index, item, where)
-    with netlink_step(f"set {where} up"):
-        await pod.link("set", index=index, state="up")
-    # One default route per family: the first lease of a family with a gateway sets it.
-    routed: set[int] = set()
-    for item in addresses:
-        if item.gateway is None or item.address.version in routed:
-            continue
-        routed.add(item.address.version)
-        with netlink_step(f"add default route via {item.gateway} in {netns!r}"):
-            await pod.route(
-                "add",
-                dst=default_route(item.address.version),
-                gateway=str(item.gateway),
-                oif=index,
-            )
+    await set_pod_link_up(pod, index, where=where, mtu=mtu)
+    await add_pod_addresses(pod, index, where=where, netns=netns, addresses=addresses)
     (link,) = await pod.link("get", index=index)
     return link
 
