@@ -31,12 +31,18 @@ ERR_INVALID_CONFIG = 7
 ERR_TRY_AGAIN_LATER = 11
 # STATUS only: the plugin cannot serve ADD now.
 ERR_NOT_AVAILABLE = 50
+# STATUS only: existing attachments are degraded (e.g. their bridge is gone).
+ERR_DEGRADED = 51
 # Plugin-specific codes; the CNI specification reserves 100 and up for these.
 ERR_LEASE_REJECTED = 100
 ERR_INTERFACE_EXISTS = 101
 ERR_ATTACH_FAILED = 102
 ERR_CHECK_FAILED = 103
 ERR_NETNS_NOT_FOUND = 104
+# A device the driver has to take (an SR-IOV VF) is held by another attachment.
+ERR_DEVICE_IN_USE = 105
+# The IPAM plugin named in "ipam.type" cannot be found or run.
+ERR_IPAM_PLUGIN = 106
 ERR_INTERNAL = 999
 
 # Driver used when neither the configuration nor the node's attach profile names one.
@@ -287,6 +293,12 @@ def parse_network_config(text: str) -> NetworkConfig:
         raise _invalid("options", extra, "a JSON object of driver options")
     options = {key: value for key, value in raw.items() if key not in COMMON_KEYS}
     options.update(extra)
+    # The SR-IOV device plugin's VF arrives in runtimeConfig with the "deviceID"
+    # capability. A deviceID or pciBusID in the configuration itself wins.
+    if "deviceID" not in options and "pciBusID" not in options:
+        device_id = _runtime_config_lookup(raw, "deviceID")
+        if device_id is not None:
+            options["deviceID"] = device_id
 
     return NetworkConfig(
         cni_version=version,
@@ -306,7 +318,11 @@ def runtime_config_value(config: NetworkConfig, key: str) -> object | None:
     "IPs" or "Mac" where the CNI conventions say "ips" and "mac"; Go decoders
     match keys case-insensitively, and so does this.
     """
-    runtime_config = config.raw.get("runtimeConfig")
+    return _runtime_config_lookup(config.raw, key)
+
+
+def _runtime_config_lookup(raw: dict[str, Any], key: str) -> object | None:
+    runtime_config = raw.get("runtimeConfig")
     if not isinstance(runtime_config, dict):
         return None
     if key in runtime_config:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from leasewire.cni.cniconfig import (
     ERR_ATTACH_FAILED,
     ERR_CHECK_FAILED,
+    ERR_DEVICE_IN_USE,
     ERR_INTERFACE_EXISTS,
     ERR_INTERNAL,
     ERR_INVALID_CONFIG,
@@ -17,6 +18,7 @@ from leasewire.cni.cniconfig import (
 from leasewire.cni.ipamclient import IpamRejectedError, IpamUnavailableError
 from leasewire.drivers.base import (
     CheckFailedError,
+    DeviceInUseError,
     DriverError,
     InterfaceExistsError,
     InvalidOptionError,
@@ -51,6 +53,13 @@ def to_cni_error(error: Exception, ipamd: str) -> CniError:
         return CniError(ERR_INTERFACE_EXISTS, str(error))
     if isinstance(error, CheckFailedError):
         return CniError(ERR_CHECK_FAILED, str(error))
+    if isinstance(error, DeviceInUseError):
+        message = str(error)
+        if error.holder not in message:
+            message = f"{message} (held by {error.holder})"
+        return CniError(
+            ERR_DEVICE_IN_USE, message, "detach the holder first or request another device"
+        )
     if isinstance(error, DriverError):
         return CniError(ERR_ATTACH_FAILED, str(error))
     return CniError(ERR_INTERNAL, f"internal error: {error!r}", "see the node daemon's log")

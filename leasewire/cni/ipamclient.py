@@ -173,6 +173,12 @@ class IpamClient:
             if lease.owner == owner and lease.held and lease.network == network
         ]
 
+    async def node_leases(self, *, cluster: str, node: str, network: str) -> list[NodeLease]:
+        """Return the bound leases of ``network`` on ``node``: its live attachments."""
+        params = {"cluster": cluster, "node": node, "network": network, "state": "bound"}
+        _, payload = await self._request("GET", "/v1/leases", params=params)
+        return [lease for lease in self._leases(payload) if lease.network == network]
+
     async def collect_garbage(
         self, *, cluster: str, node: str, network: str, valid: list[dict[str, str]]
     ) -> list[NodeLease]:

@@ -6,12 +6,14 @@ import logging
 from collections import defaultdict
 
 from leasewire.cni.cniconfig import (
+    ERR_DEGRADED,
     ERR_INVALID_CONFIG,
     ERR_NOT_AVAILABLE,
     ERR_TRY_AGAIN_LATER,
     CniError,
     NetworkConfig,
 )
+from leasewire.cni.degraded import link_problems, needed_links
 from leasewire.cni.ipamclient import IpamRejectedError, IpamUnavailableError, NodeLease
 from leasewire.cni.releasequeue import now_rfc3339
 from leasewire.cni.timings import measure
@@ -130,6 +132,25 @@ async def report_status(service: CniService, config: NetworkConfig) -> None:
                 f"cannot serve ADD: pool {pool!r} is exhausted",
                 "release leases or enlarge the pool's ranges",
             )
+    await _report_degraded(service, config)
+
+
+async def _report_degraded(service: CniService, config: NetworkConfig) -> None:
+    """Raise ERR_DEGRADED (51) when a host link that live pods of the network use is broken."""
+    try:
+        leases = await service.ipam.node_leases(
+            cluster=service.cluster, node=service.node, network=config.name
+        )
+    except IpamUnavailableError as error:
+        raise CniError(ERR_NOT_AVAILABLE, f"cannot serve ADD: {error}") from error
+    problems = await link_problems(needed_links(leases))
+    if problems:
+        raise CniError(
+            ERR_DEGRADED,
+            f"existing attachments of network {config.name!r} on node {service.node!r} are "
+            f"degraded: {'; '.join(problems)}",
+            "recreate the link or set it up; pods wired before keep no connectivity until then",
+        )
 
 
 async def recover_unfinished_adds(service: CniService) -> int:

@@ -48,6 +48,7 @@ from leasewire.cni.cniresult import (
     previous_address,
     previous_result,
 )
+from leasewire.cni.delegate import DelegatedLeases, LeaseSource, collect_stderr, ipam_plugin
 from leasewire.cni.errors import to_cni_error
 from leasewire.cni.ipamclient import (
     IpamClient,
@@ -71,6 +72,7 @@ from leasewire.drivers.base import (
     IPInterface,
     PodAddress,
 )
+from leasewire.drivers.netlink import sharing_netns
 from leasewire.drivers.registry import DriverSet
 
 logger = logging.getLogger(__name__)
@@ -213,9 +215,10 @@ class CniService:
         self.locks = KeyedLocks()
 
     async def handle(self, env: Mapping[str, str], stdin: str) -> CniReply:
-        with record_call() as timings:
+        with record_call() as timings, collect_stderr() as plugin_stderr:
             reply = await self._handle(env, stdin)
-        return dataclasses.replace(reply, timings=timings)
+        stderr = "".join(plugin_stderr) + reply.stderr
+        return dataclasses.replace(reply, timings=timings, stderr=stderr)
 
     async def _handle(self, env: Mapping[str, str], stdin: str) -> CniReply:
         version = version_of(stdin)
@@ -257,6 +260,12 @@ class CniService:
         # Imported here because upkeep imports this module.
         from leasewire.cni import upkeep
 
+        # An executable IPAM plugin; ADD uses it through DelegatedLeases.
+        plugin = ipam_plugin(config, env) if env.command is not Command.ADD else None
+        if plugin is not None:
+            from leasewire.cni import delegated
+
+            return await delegated.dispatch(self, env, config, plugin)
         if env.command is Command.ADD:
             return CniReply(await self.add(env, config), 0)
         if env.command is Command.DEL:
@@ -284,8 +293,12 @@ class CniService:
         mac = requested_mac(config, env)
         owner = self.owner(env)
         log = owner_logger(owner)
+        plugin = ipam_plugin(config, env)
+        leaser: LeaseSource = DelegatedLeases(plugin) if plugin is not None else self.ipam
 
-        async with self.locks.hold(owner_key(owner)):
+        # The pod's netns is opened once, by the check below, and the driver
+        # and apply_extras reuse that socket.
+        async with self.locks.hold(owner_key(owner)), sharing_netns():
             # Check the netns and the interface name before asking ipamd, so
             # that these failures leave nothing allocated.
             await ensure_pod_interface_free(env.netns, env.ifname)
@@ -299,7 +312,7 @@ class CniService:
                         "an earlier release of this attachment is still queued for ipamd",
                     )
 
-            leases, created = await self.ipam.create_leases(
+            leases, created = await leaser.create_leases(
                 LeaseRequest(
                     owner=owner,
                     pod=PodRef(
@@ -326,7 +339,9 @@ class CniService:
                 # A lease that this owner already held before this call belongs
                 # to an earlier ADD; the runtime's DEL releases it, not this rollback.
                 if created:
-                    undo.push_async_callback(self._release_after_failure, owner, config.name, log)
+                    undo.push_async_callback(
+                        self._release_after_failure, owner, config.name, log, leaser
+                    )
 
                 driver_name, options = choose_driver(config, leases[0])
                 driver = self.drivers.get(driver_name)
@@ -374,7 +389,7 @@ class CniService:
                     env.netns, env.ifname, PodExtras(mac=mac, addresses=more, routes=routes)
                 )
 
-                await self._confirm(owner, driver_name, options)
+                await self._confirm(owner, driver_name, options, leaser)
 
                 interfaces = list(attachment.interfaces)
                 if new_mac is not None:
@@ -400,9 +415,11 @@ class CniService:
         log.info("ADD done: %s on %s with driver %s", pod_address, env.ifname, driver_name)
         return stdout
 
-    async def _confirm(self, owner: Owner, driver: str, options: dict[str, object]) -> None:
+    async def _confirm(
+        self, owner: Owner, driver: str, options: dict[str, object], leaser: LeaseSource
+    ) -> None:
         try:
-            await self.ipam.confirm_leases(owner, driver, options)
+            await leaser.confirm_leases(owner, driver, options)
         except IpamRejectedError as error:
             if error.status == 404:
                 raise CniError(
@@ -486,14 +503,16 @@ class CniService:
             )
         await check_pod(env.netns, env.ifname, previous.mac, previous.routes)
 
-    async def _release_after_failure(self, owner: Owner, network: str, log: OwnerLogger) -> None:
+    async def _release_after_failure(
+        self, owner: Owner, network: str, log: OwnerLogger, leaser: LeaseSource
+    ) -> None:
         try:
-            await self.ipam.release_leases(owner, network=network)
+            await leaser.release_leases(owner, network=network)
             log.info("Rolled back: lease released")
-        except (IpamUnavailableError, IpamRejectedError):
+        except (IpamUnavailableError, IpamRejectedError, CniError):
             log.exception(
                 "Failed to release the lease while rolling back ADD; "
-                "it stays pending and expires in ipamd"
+                "ipamd lets a pending lease expire, an IPAM plugin keeps it until DEL"
             )
 
 
