@@ -43,6 +43,9 @@ LEASEWIRE = Path(sys.executable).with_name("leasewire")
 REFERENCE_DIR = Path("/usr/lib/cni")
 DOCS = REPO / "docs" / "benchmarks.md"
 SECTION = "## CNI ADD/DEL"
+# Line that ends the generated part of the section; --write-docs keeps the
+# hand-written analysis that follows it.
+END_OF_OUTPUT = "<!-- end of bench_cni.py output -->"
 
 
 def free_port() -> int:
@@ -322,13 +325,17 @@ def render(
         f"{python_start * 1000:.1f} ms for `python3 -I -S -c pass` "
         f"({shim_start / python_start:.2f}x).",
         "",
+        END_OF_OUTPUT,
     ]
     return "\n".join(lines)
 
 
 def write_docs(report: str) -> None:
     text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    if SECTION in text:
+    if SECTION in text and END_OF_OUTPUT in text.partition(SECTION)[2]:
+        before, _, after = text.partition(SECTION)
+        text = before + report + after.partition(END_OF_OUTPUT)[2]
+    elif SECTION in text:
         before, _, after = text.partition(SECTION)
         # The section ends where the next "## " heading starts.
         rest = after.split("\n## ", 1)
