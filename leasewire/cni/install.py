@@ -2,7 +2,8 @@
 
 The shim is installed as a copy of ``leasewire/cni/shim.py`` behind a shebang
 that names this interpreter with ``-IS``: isolated mode and no ``site``, so it
-starts fast and cannot pick up packages from the runtime's environment. Both
+starts fast and cannot pick up packages from the runtime's environment. The
+copy carries the source as comments and runs it precompiled (``shimbuild``). Both
 files are written to a temporary name and renamed into place, because a
 runtime may exec the plugin or read the conflist at any moment.
 """
@@ -18,6 +19,7 @@ import re
 import sys
 from pathlib import Path
 
+from leasewire.cni.shimbuild import compiled_shim_text
 from leasewire.durable import write_atomically
 
 log = logging.getLogger(__name__)
@@ -35,7 +37,7 @@ class InstallError(Exception):
 
 
 def shim_text(interpreter: str) -> str:
-    """Return the shim's source with a shebang line for ``interpreter``."""
+    """Return the installed shim for ``interpreter``: shebang, source and compiled code."""
     # Read as a file, not imported: importing would run the shim's module code.
     source = (
         importlib.resources.files("leasewire.cni").joinpath("shim.py").read_text(encoding="utf-8")
@@ -45,7 +47,7 @@ def shim_text(interpreter: str) -> str:
         lines = lines[1:]
     # Linux passes everything after the interpreter path as one argument, so
     # both flags go into one word.
-    return f"#!{interpreter} -IS\n" + "".join(lines)
+    return compiled_shim_text(f"#!{interpreter} -IS\n", "".join(lines))
 
 
 def conflist(

@@ -1,4 +1,5 @@
-"""Journal of ADDs in progress, so that a node daemon killed mid-ADD cleans up on restart.
+"""Journal of ADDs in progress, so that a node daemon killed mid-ADD cleans up on restart,
+and the records of finished attachments that spare DEL a request to ipamd.
 
 Before attach, ADD writes one small file per attachment naming the owner,
 netns, driver and options; it removes the file once ADD has succeeded or
@@ -9,6 +10,13 @@ serves again, and the runtime, which saw the ADD fail, retries it.
 The files are not fsynced. They only have to survive the death of the daemon
 process, which leaves the page cache intact; a power loss takes the pod's
 interfaces with it, and the pending lease expires in ipamd on its own.
+
+Once ADD has confirmed the lease, ``AttachmentRecords`` keeps one file per
+attachment with its network, driver, options and addresses, so that DEL knows
+the driver recorded at ADD without asking ipamd. DEL removes it. Without the
+file (daemon state lost, attachment made by another node daemon), DEL asks
+ipamd as before.
+GC drops the records of the attachments it releases.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from leasewire.durable import write_atomically
 logger = logging.getLogger(__name__)
 
 JOURNAL_DIRECTORY = "adds-in-progress"
+ATTACHMENTS_DIRECTORY = "attachments"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,14 +56,18 @@ class AddRecord:
         )
 
 
+def _owner_file(directory: Path, owner: Owner) -> Path:
+    key = f"{owner.cluster}/{owner.container_id}/{owner.ifname}"
+    return directory / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".json")
+
+
 class AddJournal:
     def __init__(self, state_dir: Path) -> None:
         self.directory = state_dir / JOURNAL_DIRECTORY
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     def _path(self, owner: Owner) -> Path:
-        key = f"{owner.cluster}/{owner.container_id}/{owner.ifname}"
-        return self.directory / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".json")
+        return _owner_file(self.directory, owner)
 
     def begin(self, record: AddRecord) -> None:
         write_atomically(self._path(record.owner), record.to_json(), 0o600, sync=False)
@@ -81,3 +94,55 @@ class AddJournal:
                 logger.warning("Removing unreadable ADD journal entry %s", path)
                 path.unlink(missing_ok=True)
         return records
+
+
+@dataclass(frozen=True, kw_only=True)
+class AttachmentRecord:
+    """What ADD made: the driver and options DEL must use, and the leased addresses."""
+
+    network: str
+    driver: str
+    options: dict[str, object]
+    addresses: tuple[str, ...]
+
+
+class AttachmentRecords:
+    def __init__(self, state_dir: Path) -> None:
+        self.directory = state_dir / ATTACHMENTS_DIRECTORY
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def save(self, owner: Owner, record: AttachmentRecord) -> None:
+        text = json.dumps(
+            {
+                "owner": owner.model_dump(mode="json", by_alias=True),
+                "network": record.network,
+                "driver": record.driver,
+                "options": record.options,
+                "addresses": list(record.addresses),
+            }
+        )
+        write_atomically(_owner_file(self.directory, owner), text, 0o600, sync=False)
+
+    def load(self, owner: Owner, network: str) -> AttachmentRecord | None:
+        """Return the owner's record for ``network``; None when missing or unreadable."""
+        path = _owner_file(self.directory, owner)
+        try:
+            item = json.loads(path.read_text(encoding="utf-8"))
+            record = AttachmentRecord(
+                network=str(item["network"]),
+                driver=str(item["driver"]),
+                options=dict(item["options"]),
+                addresses=tuple(str(address) for address in item["addresses"]),
+            )
+            recorded_owner = Owner.model_validate(item["owner"])
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError):
+            logger.warning("Ignoring unreadable attachment record %s", path)
+            return None
+        if recorded_owner != owner or record.network != network:
+            return None
+        return record
+
+    def drop(self, owner: Owner) -> None:
+        _owner_file(self.directory, owner).unlink(missing_ok=True)

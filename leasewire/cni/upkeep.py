@@ -96,6 +96,8 @@ async def collect_garbage(service: CniService, config: NetworkConfig) -> str:
             failures.append(f"{owner.container_id}/{owner.ifname}: {error}")
         else:
             log.info("GC released %s", ", ".join(lease.address for lease in leases))
+            if service.attachments is not None:
+                service.attachments.drop(owner)
 
     if failures:
         raise CniError(

@@ -57,7 +57,7 @@ from leasewire.cni.ipamclient import (
     LeaseRequest,
     NodeLease,
 )
-from leasewire.cni.journal import AddJournal, AddRecord
+from leasewire.cni.journal import AddJournal, AddRecord, AttachmentRecord, AttachmentRecords
 from leasewire.cni.podnet import PodExtras, apply_extras, check_pod, ensure_pod_interface_free
 from leasewire.cni.releasequeue import ReleaseQueue
 from leasewire.cni.timings import measure, record_call
@@ -203,6 +203,7 @@ class CniService:
         node: str,
         queue: ReleaseQueue,
         journal: AddJournal,
+        attachments: AttachmentRecords | None = None,
     ) -> None:
         self.ipam = ipam
         self.drivers = drivers
@@ -210,6 +211,8 @@ class CniService:
         self.node = node
         self.queue = queue
         self.journal = journal
+        # Without records, DEL requests the driver recorded at ADD from ipamd.
+        self.attachments = attachments
         # The CNI specification forbids parallel calls for one attachment, but
         # a runtime that retries after a timeout may still send them.
         self.locks = KeyedLocks()
@@ -390,6 +393,19 @@ class CniService:
                 )
 
                 await self._confirm(owner, driver_name, options, leaser)
+                # Leases of an IPAM plugin go back through the plugin, whose
+                # DEL does not read the record.
+                if self.attachments is not None and plugin is None:
+                    self.attachments.save(
+                        owner,
+                        AttachmentRecord(
+                            network=config.name,
+                            driver=driver_name,
+                            options=options,
+                            addresses=tuple(lease.address for lease in leases),
+                        ),
+                    )
+                    undo.callback(self.attachments.drop, owner)
 
                 interfaces = list(attachment.interfaces)
                 if new_mac is not None:
@@ -434,20 +450,22 @@ class CniService:
 
         When ipamd cannot be reached, the interface is still removed and the
         release goes to the durable queue, which the daemon replays later.
+        The driver comes from this daemon's attachment record, else from ipamd.
         """
         owner = self.owner(env)
         log = owner_logger(owner)
 
         async with self.locks.hold(owner_key(owner)):
-            try:
-                leases = await self.ipam.find_leases(owner, config.name)
-            except IpamUnavailableError as error:
-                log.warning("Cannot read the lease's driver, using the configuration's: %s", error)
-                leases = []
-                reachable = False
+            record = (
+                self.attachments.load(owner, config.name) if self.attachments is not None else None
+            )
+            if record is not None:
+                driver_name, options = record.driver, dict(record.options)
+                may_hold_lease = True
             else:
-                reachable = True
-            driver_name, options = recorded_driver(config, leases)
+                driver_name, options, may_hold_lease = await self._driver_from_ipamd(
+                    owner, config, log
+                )
 
             # A detach failure leaves the lease in place, because the address
             # may still sit on an interface; the runtime retries DEL.
@@ -460,7 +478,7 @@ class CniService:
                         options=options,
                     )
                 )
-            if reachable and not leases and not self.queue.holds(owner):
+            if not may_hold_lease and not self.queue.holds(owner):
                 log.info("DEL done; no lease was held")
                 return
             try:
@@ -471,7 +489,25 @@ class CniService:
             else:
                 if self.queue.holds(owner):
                     await self.queue.replay(self.ipam, owner)
+            if self.attachments is not None:
+                self.attachments.drop(owner)
         log.info("DEL done")
+
+    async def _driver_from_ipamd(
+        self, owner: Owner, config: NetworkConfig, log: OwnerLogger
+    ) -> tuple[str, dict[str, object], bool]:
+        """Return the driver and options recorded with the leases, and whether a lease may be held.
+
+        When ipamd is unavailable, the configuration's driver, and True.
+        """
+        try:
+            leases = await self.ipam.find_leases(owner, config.name)
+        except IpamUnavailableError as error:
+            log.warning("Cannot read the lease's driver, using the configuration's: %s", error)
+            driver_name, options = recorded_driver(config, [])
+            return driver_name, options, True
+        driver_name, options = recorded_driver(config, leases)
+        return driver_name, options, bool(leases)
 
     async def check(self, env: CniEnv, config: NetworkConfig) -> None:
         """Verify that ipamd holds the lease and the pod's interface, addresses and routes."""

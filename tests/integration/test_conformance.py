@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from leasewire.cni.journal import ATTACHMENTS_DIRECTORY
 from leasewire.drivers.netlink import host_veth_name
 
 from .conftest import (
@@ -563,6 +564,13 @@ def test_gc_releases_stale_attachments(
     assert held(ipamd, network, "pod-c2") == []
     assert link_exists(host_veth_name("pod-c1", "eth0"))
     assert not link_exists(host_veth_name("pod-c2", "eth0"))
+    # GC also drops the node daemon's record of the released attachment.
+    records = network.daemon.socket_path.parent / "state" / ATTACHMENTS_DIRECTORY
+    recorded = {
+        json.loads(path.read_text())["owner"]["containerID"] for path in records.glob("*.json")
+    }
+    assert "pod-c1" in recorded
+    assert "pod-c2" not in recorded
 
 
 def test_gc_without_list_releases_nothing(network: Network, ipamd: Ipamd, netns: str) -> None:

@@ -13,6 +13,7 @@ import pytest
 
 import leasewire.cni
 from leasewire.cli import main as cli_main
+from leasewire.cni.shimbuild import source_of
 from leasewire.durable import write_atomically
 
 SHIM_SOURCE = Path(leasewire.cni.__file__).with_name("shim.py")
@@ -47,7 +48,7 @@ def test_install_writes_executable_shim(tmp_path: Path) -> None:
     assert stat.S_IMODE(shim.stat().st_mode) == 0o755
     first_line, rest = shim.read_text().split("\n", 1)
     assert first_line == f"#!{sys.executable} -IS"
-    assert rest == SHIM_SOURCE.read_text()
+    assert source_of(rest) == SHIM_SOURCE.read_text()
     assert str(shim) in result.stdout
 
 
@@ -118,7 +119,7 @@ def test_install_twice_overwrites(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     config = json.loads((tmp_path / "net.d" / "10-leasewire.conflist").read_text())
     assert config["plugins"][0]["pool"] == "second"
-    assert shim.read_text().split("\n", 1)[1] == SHIM_SOURCE.read_text()
+    assert source_of(shim.read_text()) == SHIM_SOURCE.read_text()
     # No temporary files are left behind by the atomic writes.
     assert sorted(os.listdir(tmp_path / "bin")) == ["leasewire"]
     assert sorted(os.listdir(tmp_path / "net.d")) == ["10-leasewire.conflist"]
