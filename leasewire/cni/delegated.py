@@ -11,10 +11,9 @@ import logging
 from leasewire.cni.cniconfig import CniEnv, Command, NetworkConfig
 from leasewire.cni.cniresult import previous_address
 from leasewire.cni.delegate import IpamPlugin
-from leasewire.cni.podnet import check_pod
 from leasewire.cni.timings import measure
 from leasewire.cni.verbs import CniReply, CniService, choose_driver, owner_key, owner_logger
-from leasewire.drivers.base import CheckRequest, DetachRequest
+from leasewire.drivers.base import DetachRequest
 
 logger = logging.getLogger(__name__)
 
@@ -64,15 +63,4 @@ async def check(
     previous = previous_address(config, env.ifname, env.netns)
     await plugin.run(Command.CHECK)
     driver_name, options = choose_driver(config, None)
-    with measure("netlink"):
-        await service.drivers.get(driver_name).check(
-            CheckRequest(
-                container_id=env.container_id,
-                netns=env.netns,
-                ifname=env.ifname,
-                address=previous.address,
-                gateway=previous.gateway,
-                options=options,
-            )
-        )
-    await check_pod(env.netns, env.ifname, previous.mac, previous.routes)
+    await service.check_wiring(env, previous, driver_name, options)

@@ -41,6 +41,7 @@ from leasewire.cni.cniconfig import (
 )
 from leasewire.cni.cniresult import (
     CniResult,
+    PreviousAddress,
     ResultIP,
     ResultRoute,
     default_route,
@@ -526,6 +527,16 @@ class CniService:
                 f"ipamd leases {held} but prevResult has {previous.address}",
             )
         driver_name, options = recorded_driver(config, leases)
+        await self.check_wiring(env, previous, driver_name, options)
+
+    async def check_wiring(
+        self,
+        env: CniEnv,
+        previous: PreviousAddress,
+        driver_name: str,
+        options: dict[str, object],
+    ) -> None:
+        """Check the pod's interface with its driver, then its MAC and routes."""
         with measure("netlink"):
             await self.drivers.get(driver_name).check(
                 CheckRequest(
