@@ -60,14 +60,22 @@ class ReleaseQueue:
         self._entries = self._load()
         # Serialises replays with each other and with rewrites of the file.
         self._lock = asyncio.Lock()
+        # Serialises appends with rewrites, so that an entry added while a
+        # replay rewrites the file is neither written to the replaced file nor
+        # dropped from the list. Held only around the file writes, never while
+        # waiting for ipamd.
+        self._file_lock = asyncio.Lock()
 
     def _load(self) -> list[QueuedRelease]:
         entries: list[QueuedRelease] = []
         try:
-            lines = self.path.read_text(encoding="utf-8").splitlines()
+            text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return entries
-        for number, line in enumerate(lines, start=1):
+        # A line cut short must not stay last, or the next append would be
+        # glued to it and lost at the next start.
+        damaged = bool(text) and not text.endswith("\n")
+        for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
             try:
@@ -83,6 +91,12 @@ class ReleaseQueue:
                 # A line cut short by a crash during an append; the DEL that
                 # wrote it did not return success, so the runtime retries it.
                 logger.warning("Skipping unreadable line %d of %s: %.200s", number, self.path, line)
+                damaged = True
+        if damaged:
+            try:
+                self._rewrite(entries)
+            except OSError:
+                logger.exception("Failed to rewrite %s without its damaged lines", self.path)
         if entries:
             logger.info("%d queued lease releases in %s", len(entries), self.path)
         return entries
@@ -96,8 +110,9 @@ class ReleaseQueue:
     async def add(self, owner: Owner, network: str) -> QueuedRelease:
         """Append a release and fsync it before returning."""
         entry = QueuedRelease(owner=owner, network=network, queued_at=now_rfc3339())
-        await asyncio.to_thread(self._append, entry)
-        self._entries.append(entry)
+        async with self._file_lock:
+            await asyncio.to_thread(self._append, entry)
+            self._entries.append(entry)
         logger.warning(
             "Queued the release of %s/%s/%s until ipamd answers",
             owner.cluster,
@@ -155,9 +170,10 @@ class ReleaseQueue:
                 done.append(entry)
 
             if done:
-                remaining = [entry for entry in self._entries if entry not in done]
-                await asyncio.to_thread(self._rewrite, remaining)
-                self._entries = remaining
+                async with self._file_lock:
+                    remaining = [entry for entry in self._entries if entry not in done]
+                    await asyncio.to_thread(self._rewrite, remaining)
+                    self._entries = remaining
             return len(self._entries)
 
     async def run_replays(self, ipam: IpamClient, interval: float) -> None:
