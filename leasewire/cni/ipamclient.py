@@ -173,19 +173,13 @@ class IpamClient:
             if lease.owner == owner and lease.held and lease.network == network
         ]
 
-    async def node_leases(self, *, cluster: str, node: str, network: str) -> list[NodeLease]:
-        """Return the bound leases of ``network`` on ``node``: its live attachments."""
-        params = {"cluster": cluster, "node": node, "network": network, "state": "bound"}
+    async def node_leases(
+        self, *, cluster: str, node: str, network: str, state: str = "bound"
+    ) -> list[NodeLease]:
+        """Return the leases of ``network`` on ``node`` in ``state`` (bound, or held)."""
+        params = {"cluster": cluster, "node": node, "network": network, "state": state}
         _, payload = await self._request("GET", "/v1/leases", params=params)
         return [lease for lease in self._leases(payload) if lease.network == network]
-
-    async def collect_garbage(
-        self, *, cluster: str, node: str, network: str, valid: list[dict[str, str]]
-    ) -> list[NodeLease]:
-        """Release this node's leases of ``network`` whose attachment is not in ``valid``."""
-        body = {"cluster": cluster, "node": node, "network": network, "valid": valid}
-        _, payload = await self._request("POST", "/v1/leases/gc", json_body=body)
-        return self._leases(payload)
 
     async def pool_free(self, name: str) -> int | None:
         """Return the number of free addresses of a pool, or None when ipamd does not say."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from datetime import UTC, datetime, timedelta
 
 from leasewire.cni.cniconfig import (
     ERR_DEGRADED,
@@ -68,45 +69,68 @@ async def collect_garbage(service: CniService, config: NetworkConfig) -> str:
     for cluster, container_id, ifname in service.locks.held_keys():
         if cluster == service.cluster:
             valid.append({"containerID": container_id, "ifname": ifname})
-
-    released = await service.ipam.collect_garbage(
-        cluster=service.cluster, node=service.node, network=config.name, valid=valid
+    valid_keys = {(item["containerID"], item["ifname"]) for item in valid}
+    held = await service.ipam.node_leases(
+        cluster=service.cluster, node=service.node, network=config.name, state="held"
     )
-    by_owner: dict[OwnerKey, list[NodeLease]] = defaultdict(list)
-    for lease in released:
-        by_owner[owner_key(lease.owner)].append(lease)
+    stale: dict[OwnerKey, list[NodeLease]] = defaultdict(list)
+    for lease in held:
+        if (lease.owner.container_id, lease.owner.ifname) not in valid_keys:
+            stale[owner_key(lease.owner)].append(lease)
 
+    # The interface goes first and the lease only after it, as in DEL: a
+    # lease released while its address still sits on an interface could be
+    # handed to another pod once its cooldown ends.
     failures: list[str] = []
-    for leases in by_owner.values():
+    for key, leases in stale.items():
         owner = leases[0].owner
         log = owner_logger(owner)
         driver_name, options = recorded_driver(config, leases)
-        try:
-            with measure("netlink"):
-                await service.drivers.get(driver_name).detach(
-                    DetachRequest(
-                        container_id=owner.container_id,
-                        netns="",
-                        ifname=owner.ifname,
-                        options=options,
+        # The owner lock keeps GC apart from an ADD or DEL of the same attachment.
+        async with service.locks.hold(key):
+            try:
+                with measure("netlink"):
+                    await service.drivers.get(driver_name).detach(
+                        DetachRequest(
+                            container_id=owner.container_id,
+                            netns="",
+                            ifname=owner.ifname,
+                            options=options,
+                        )
                     )
-                )
-        except (DriverError, LookupError) as error:
-            log.error("GC released the lease but failed to remove the interface: %s", error)
-            failures.append(f"{owner.container_id}/{owner.ifname}: {error}")
-        else:
-            log.info("GC released %s", ", ".join(lease.address for lease in leases))
-            if service.attachments is not None:
-                service.attachments.drop(owner)
+            except (DriverError, LookupError) as error:
+                log.error("GC kept the lease because removing the interface failed: %s", error)
+                failures.append(f"{owner.container_id}/{owner.ifname}: {error}")
+                continue
+            # ipamd's own creation times bound the release, so that a lease
+            # created after the listing (a new ADD) is never taken.
+            newest = max(lease.created_at for lease in leases)
+            await service.ipam.release_leases(
+                owner, network=config.name, created_before=_just_after(newest)
+            )
+        log.info("GC released %s", ", ".join(lease.address for lease in leases))
+        if service.attachments is not None:
+            service.attachments.drop(owner)
 
     if failures:
         raise CniError(
             ERR_TRY_AGAIN_LATER,
-            f"GC released {len(by_owner)} stale attachments but could not remove the "
-            f"interfaces of {len(failures)}",
+            f"GC could not remove the interfaces of {len(failures)} of {len(stale)} stale "
+            "attachments and kept their leases",
             "; ".join(failures),
         )
     return ""
+
+
+def _just_after(timestamp: str) -> str | None:
+    """Return an RFC 3339 time one microsecond after ``timestamp``, or None if unreadable."""
+    try:
+        moment = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment + timedelta(microseconds=1)).isoformat()
 
 
 async def report_status(service: CniService, config: NetworkConfig) -> None:

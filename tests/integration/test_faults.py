@@ -22,7 +22,7 @@ import pytest
 
 from leasewire.cni.node import NodeSettings, start_node
 from leasewire.cni.releasequeue import QUEUE_FILE
-from leasewire.drivers.base import Attachment, AttachRequest, Driver, DriverError
+from leasewire.drivers.base import Attachment, AttachRequest, DetachRequest, Driver, DriverError
 from leasewire.drivers.bridge import BridgeDriver
 from leasewire.drivers.netlink import host_veth_name
 from leasewire.drivers.registry import DriverSet
@@ -53,6 +53,7 @@ async def run_shim(
     *,
     pool: str,
     bridge: str,
+    extra: dict[str, object] | None = None,
 ) -> ShimOutput:
     config = {
         "cniVersion": "1.0.0",
@@ -61,6 +62,7 @@ async def run_shim(
         "pool": pool,
         "bridge": bridge,
         "socket": str(socket_path),
+        **(extra or {}),
     }
     env = {
         "PATH": "/usr/bin:/bin",
@@ -190,6 +192,13 @@ class FailAfterAttach(BridgeDriver):
         raise DriverError("injected failure after the veth was created")
 
 
+class FailDetach(BridgeDriver):
+    """Wires pods normally but cannot remove their interfaces."""
+
+    async def detach(self, request: DetachRequest) -> None:
+        raise DriverError("injected failure while removing the interface")
+
+
 class RemoveNetnsFirst(BridgeDriver):
     """Deletes the pod's netns between the node daemon's checks and the attach."""
 
@@ -230,6 +239,31 @@ async def test_add_driver_failure_leaves_nothing(
     assert output.json["code"] in (102, 104), output
     assert not link_exists(host_veth_name("pod-fault", "eth0"))
     assert held(ipamd, pool, "pod-fault") == []
+
+
+async def test_gc_keeps_lease_when_detach_fails(
+    in_process_node: Callable[..., Any], ipamd: Ipamd, bridge_name: str, netns_path: str
+) -> None:
+    pool = make_pool(ipamd)
+    sock = await in_process_node(drivers=FixedDrivers(FailDetach()))
+    added = await run_shim(sock, "ADD", "pod-gc", netns_path, pool=pool.name, bridge=bridge_name)
+    assert added.exit_code == 0, added
+
+    collected = await run_shim(
+        sock,
+        "GC",
+        "",
+        "",
+        pool=pool.name,
+        bridge=bridge_name,
+        extra={"cniVersion": "1.1.0", "cni.dev/valid-attachments": []},
+    )
+
+    # The address still sits on the pod's interface, so the lease must stay.
+    assert collected.exit_code != 0
+    assert collected.json["code"] == 11, collected
+    assert len(bound(ipamd, pool, "pod-gc")) == 1
+    assert link_exists(host_veth_name("pod-gc", "eth0"))
 
 
 async def test_add_retried_after_driver_failure(
