@@ -13,10 +13,11 @@ import socket
 from collections.abc import Sequence
 from typing import Any
 
+from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from leasewire.drivers.base import CheckFailedError, DriverError, IPAddress, PodAddress
-from leasewire.drivers.netlink import Message, link_addresses, netlink_step
+from leasewire.drivers.netlink import Message, find_link, link_addresses, netlink_step
 
 # IFA_F_NODAD from linux/if_addr.h: the address skips duplicate address detection.
 IFA_F_NODAD = 0x02
@@ -140,3 +141,16 @@ async def check_pod_link(
 
 def is_up(link: Message) -> bool:
     return bool(link["flags"] & IFF_UP)
+
+
+async def require_host_link_up(name: str, description: str) -> None:
+    """Raise CheckFailedError unless the host link ``name`` exists and is up.
+
+    ``description`` names the link in the message, e.g. "master interface 'eth1'".
+    """
+    async with AsyncIPRoute() as ipr:
+        link = await find_link(ipr, name)
+    if link is None:
+        raise CheckFailedError(f"{description} does not exist")
+    if not is_up(link):
+        raise CheckFailedError(f"{description} is down")

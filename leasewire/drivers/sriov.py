@@ -48,7 +48,11 @@ from leasewire.drivers.base import (
     NamespaceNotFoundError,
 )
 from leasewire.drivers.netlink import find_link, link_mac, netlink_step, open_netns
-from leasewire.drivers.podnet import check_pod_link, configure_pod_link, is_up
+from leasewire.drivers.podnet import (
+    check_pod_link,
+    configure_pod_link,
+    require_host_link_up,
+)
 from leasewire.drivers.sriov_options import SriovOptions, parse_options
 from leasewire.drivers.sriov_pf import read_vf_settings, restore_vf_settings, set_vf_settings
 from leasewire.drivers.sriov_state import DEFAULT_STATE_DIR, VfRecord, VfStore
@@ -168,12 +172,7 @@ class SriovDriver(Driver):
         record = VfStore(options.state_dir).find_owner(request.container_id, request.ifname)
         if record is None:
             raise CheckFailedError(f"no VF is recorded for {request.ifname!r} in {request.netns!r}")
-        async with AsyncIPRoute() as ipr:
-            pf = await find_link(ipr, record.pf)
-        if pf is None:
-            raise CheckFailedError(f"PF {record.pf!r} of VF {record.pci_address} does not exist")
-        if not is_up(pf):
-            raise CheckFailedError(f"PF {record.pf!r} of VF {record.pci_address} is down")
+        await require_host_link_up(record.pf, f"PF {record.pf!r} of VF {record.pci_address}")
         async with open_netns(request.netns) as pod:
             link = await check_pod_link(
                 pod, ifname=request.ifname, netns=request.netns, addresses=request.addresses()

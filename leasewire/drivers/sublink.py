@@ -49,7 +49,11 @@ from leasewire.drivers.netlink import (
     open_netns,
     temporary_name,
 )
-from leasewire.drivers.podnet import check_pod_link, configure_pod_link, is_up
+from leasewire.drivers.podnet import (
+    check_pod_link,
+    configure_pod_link,
+    require_host_link_up,
+)
 
 # Prefix of the pod interface's name between its creation on the host and its
 # rename inside the pod, so a leftover is recognisable.
@@ -197,12 +201,7 @@ class SublinkDriver(Driver):
 
     async def check(self, request: CheckRequest) -> None:
         options = self.parse_options(request.options)
-        async with AsyncIPRoute() as ipr:
-            master = await find_link(ipr, options.master)
-        if master is None:
-            raise CheckFailedError(f"master interface {options.master!r} does not exist")
-        if not is_up(master):
-            raise CheckFailedError(f"master interface {options.master!r} is down")
+        await require_host_link_up(options.master, f"master interface {options.master!r}")
 
         async with open_netns(request.netns) as pod:
             link = await check_pod_link(
