@@ -31,7 +31,7 @@ class IpamUnavailableError(Exception):
 
 
 class IpamRejectedError(Exception):
-    """ipamd refused the request; ``code`` is its stable error code."""
+    """ipamd rejected the request; ``code`` is its stable error code."""
 
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)

@@ -114,7 +114,7 @@ class ReleaseQueue:
             await asyncio.to_thread(self._append, entry)
             self._entries.append(entry)
         logger.warning(
-            "Queued the release of %s/%s/%s until ipamd answers",
+            "Queued the release of %s/%s/%s until ipamd responds",
             owner.cluster,
             owner.container_id,
             owner.ifname,

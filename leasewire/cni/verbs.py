@@ -518,7 +518,7 @@ class CniService:
         leases = await self.ipam.find_leases(owner, config.name)
         if not leases:
             raise CniError(
-                ERR_CHECK_FAILED, f"ipamd holds no lease for {env.container_id}/{env.ifname}"
+                ERR_CHECK_FAILED, f"ipamd has no lease for {env.container_id}/{env.ifname}"
             )
         if all(ip_interface(lease.address) != previous.address for lease in leases):
             held = ", ".join(lease.address for lease in leases)

@@ -405,7 +405,7 @@ class PoolAllocator:
             if existing.address != key:
                 held = make_address(layout.version, key_value(layout.version, existing.address))
                 raise OwnerHoldsOtherAddress(
-                    f"owner already holds {held} in pool {pool.name!r}, not the requested "
+                    f"owner already has {held} in pool {pool.name!r}, not the requested "
                     f"{address}; release that lease first (DELETE /v1/leases)",
                     {"pool": pool.name, "address": str(held)},
                 )

@@ -30,7 +30,7 @@ class IpamdUnavailableError(Exception):
 
 
 class IpamdRejectedError(Exception):
-    """ipamd refused the request with an error code; retrying it unchanged cannot help."""
+    """ipamd rejected the request with an error code; retrying it unchanged cannot help."""
 
     def __init__(
         self, status: int, code: str, message: str, details: dict[str, object] | None

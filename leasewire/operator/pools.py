@@ -94,7 +94,7 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
             _refused(patch, conditions, reason="InvalidSpec", message=message)
             raise kopf.PermanentError(message) from None
         except IpamdRejectedError as error:
-            message = f"ipamd refused pool {name}: {error.message}"
+            message = f"ipamd rejected pool {name}: {error.message}"
             _refused(patch, conditions, reason=reason_from_code(error.code), message=message)
             raise kopf.PermanentError(message) from None
         except IpamdUnavailableError as error:
@@ -120,7 +120,7 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
             type_="Synced",
             status=True,
             reason="Applied",
-            message=f"ipamd holds generation {view.generation} of this pool",
+            message=f"ipamd has generation {view.generation} of this pool",
         )
         conditions = set_condition(
             conditions, type_="Ready", status=True, reason=reason, message=message
@@ -138,7 +138,7 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
         except IpamdRejectedError as error:
             if error.code != "pool_in_use":
                 raise kopf.TemporaryError(
-                    f"ipamd refused to delete pool {name}: {error.message}",
+                    f"ipamd rejected the deletion of pool {name}: {error.message}",
                     delay=config.retry_seconds,
                 ) from None
             raw_holders = error.details.get("holders")

@@ -44,7 +44,7 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
         try:
             await runtime.ipamd.put_attach_profile(name, profile_body(spec))
         except IpamdRejectedError as error:
-            message = f"ipamd refused attach profile {name}: {error.message}"
+            message = f"ipamd rejected attach profile {name}: {error.message}"
             patch.status["conditions"] = set_condition(
                 conditions,
                 type_="Synced",
@@ -67,7 +67,7 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
             type_="Synced",
             status=True,
             reason="Applied",
-            message="ipamd holds this attach profile",
+            message="ipamd has this attach profile",
         )
         logger.info("Attach profile %s sent to ipamd.", name)
 
@@ -79,7 +79,7 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
             raise kopf.TemporaryError(str(error), delay=config.retry_seconds) from None
         except IpamdRejectedError as error:
             raise kopf.TemporaryError(
-                f"ipamd refused to delete attach profile {name}: {error.message}",
+                f"ipamd rejected the deletion of attach profile {name}: {error.message}",
                 delay=config.retry_seconds,
             ) from None
         logger.info(

@@ -125,7 +125,7 @@ async def _release_node(runtime: Runtime, name: str, deleted_at: datetime) -> No
             await asyncio.sleep(config.retry_seconds)
             continue
         except IpamdRejectedError as error:
-            log.error("ipamd refused to release the leases of deleted node %s: %s", name, error)
+            log.error("ipamd rejected releasing the leases of deleted node %s: %s", name, error)
             return
         log.info("Released %d lease(s) of deleted node %s.", len(released), name)
         return
