@@ -33,7 +33,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from aiohttp import web
 from sqlalchemy.engine import Engine
@@ -53,6 +53,8 @@ from leasewire.ipamd.state import ALLOCATOR, DATABASE_URL, SETTINGS, WRITE_GATE,
 from leasewire.ipamd.threadsession import ThreadSession, run_to_end
 
 log = logging.getLogger(__name__)
+
+ResultT = TypeVar("ResultT")
 
 MAX_BATCH = 256
 """Requests served by one transaction at most, so that one commit never waits on too many."""
@@ -87,6 +89,11 @@ class AllocationWriter:
         self._wakeup = asyncio.Event()
         self.batches = 0
         self.requests = 0
+
+    @property
+    def thread(self) -> WriterThread | None:
+        """The writer's own thread (SQLite files only), else None."""
+        return self._thread
 
     @property
     def thread_engine(self) -> Engine | None:
@@ -211,11 +218,7 @@ class WriterThread:
         self.sessions = sessionmaker(engine, expire_on_commit=False)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ipamd-writer")
 
-    def run(
-        self,
-        serve: Callable[..., Coroutine[Any, Any, list[Allocation | IpamError]]],
-        *args: object,
-    ) -> list[Allocation | IpamError]:
+    def run(self, serve: Callable[..., Coroutine[Any, Any, ResultT]], *args: object) -> ResultT:
         """On the writer's thread: run ``serve(session, *args)`` in one transaction, commit it."""
         with self.sessions.begin() as sync_session:
             # ThreadSession has the AsyncSession methods that the allocation path calls.
@@ -225,6 +228,30 @@ class WriterThread:
     def close(self) -> None:
         self.executor.submit(self.engine.dispose).result()
         self.executor.shutdown()
+
+
+async def in_transaction(
+    app: web.Application,
+    work: Callable[..., Coroutine[Any, Any, ResultT]],
+    *args: object,
+) -> ResultT:
+    """Run ``work(session, *args)`` in one transaction and commit it; return its result.
+
+    On a SQLite file the work runs on the allocation writer's thread, like an
+    allocation batch and for the same reason: a lease confirm or release took
+    about 2 ms there against about 3 ms through aiosqlite, measured by a client. ``work`` must then
+    call only the session methods that ThreadSession offers, and must build
+    its answer before it returns, because the session closes with the
+    transaction. Elsewhere it runs in an ordinary transaction of the event loop.
+    """
+    thread = app[WRITER].thread
+    if thread is None:
+        async with transaction(app) as session:
+            return await work(session, *args)
+    async with app[WRITE_GATE].hold():
+        return await asyncio.get_running_loop().run_in_executor(
+            thread.executor, functools.partial(thread.run, work, *args)
+        )
 
 
 def _settle(waiting: _Waiting, outcome: Allocation | BaseException) -> None:

@@ -13,6 +13,7 @@ from datetime import datetime
 
 from aiohttp import web
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from leasewire.api import (
     LeaseConfirm,
@@ -24,7 +25,7 @@ from leasewire.api import (
     LeaseView,
     ReleasedLeases,
 )
-from leasewire.ipamd.batch import WRITER
+from leasewire.ipamd.batch import WRITER, in_transaction
 from leasewire.ipamd.errors import InvalidRequest, IpamError, PoolNotFound
 from leasewire.ipamd.httpio import json_answer, read_body
 from leasewire.ipamd.leases import (
@@ -107,22 +108,25 @@ async def post_lease(request: web.Request) -> web.Response:
 @routes.post("/v1/leases/confirm")
 async def post_confirm(request: web.Request) -> web.Response:
     body = await read_body(request, LeaseConfirm)
-    async with transaction(request.app) as session:
-        leases = await confirm_leases(session, body)
-        views = [lease_view(lease) for lease in leases]
-    return json_answer(LeaseList(leases=views))
+
+    async def confirm(session: AsyncSession) -> list[LeaseView]:
+        return [lease_view(lease) for lease in await confirm_leases(session, body)]
+
+    return json_answer(LeaseList(leases=await in_transaction(request.app, confirm)))
 
 
 @routes.post("/v1/leases/gc")
 async def post_gc(request: web.Request) -> web.Response:
     body = await read_body(request, LeaseGC)
     valid = {(item.container_id, item.ifname) for item in body.valid}
-    async with transaction(request.app) as session:
+
+    async def release(session: AsyncSession) -> list[LeaseView]:
         leases = await release_invalid(
             session, cluster=body.cluster, node=body.node, network=body.network, valid=valid
         )
-        views = [lease_view(lease) for lease in leases]
-    return json_answer(ReleasedLeases(released=views))
+        return [lease_view(lease) for lease in leases]
+
+    return json_answer(ReleasedLeases(released=await in_transaction(request.app, release)))
 
 
 def _created_before(request: web.Request) -> datetime | None:
@@ -168,15 +172,16 @@ def _release_filter(request: web.Request) -> tuple[LeaseFilter, str | None]:
 @routes.delete("/v1/leases")
 async def delete_leases(request: web.Request) -> web.Response:
     where, pool_name = _release_filter(request)
-    async with transaction(request.app) as session:
+
+    async def release(session: AsyncSession, where: LeaseFilter) -> list[LeaseView]:
         if pool_name is not None:
             pool = await read_pool(session, pool_name)
             if pool is None:
                 raise PoolNotFound(pool_name)
             where = LeaseFilter(**{**where.__dict__, "pool_id": pool.id})
-        leases = await release_matching(session, where)
-        views = [lease_view(lease) for lease in leases]
-    return json_answer(ReleasedLeases(released=views))
+        return [lease_view(lease) for lease in await release_matching(session, where)]
+
+    return json_answer(ReleasedLeases(released=await in_transaction(request.app, release, where)))
 
 
 def _states(value: str | None) -> list[LeaseState] | None:
@@ -199,7 +204,8 @@ async def get_leases(request: web.Request) -> web.Response:
     query = request.query
     states = _states(query.get("state"))
     pool_name = query.get("pool")
-    async with transaction(request.app) as session:
+
+    async def read(session: AsyncSession) -> list[LeaseView]:
         pool_id = None
         if pool_name is not None:
             pool = await read_pool(session, pool_name)
@@ -215,9 +221,9 @@ async def get_leases(request: web.Request) -> web.Response:
             network=query.get("network"),
             pool_id=pool_id,
         )
-        leases = await read_leases(session, where, states=states)
-        views = [lease_view(lease) for lease in leases]
-    return json_answer(views)
+        return [lease_view(lease) for lease in await read_leases(session, where, states=states)]
+
+    return json_answer(await in_transaction(request.app, read))
 
 
 register_operation("GET", "/healthz", "Liveness: the process serves HTTP.")
