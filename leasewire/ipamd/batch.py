@@ -238,8 +238,8 @@ async def in_transaction(
     """Run ``work(session, *args)`` in one transaction and commit it; return its result.
 
     On a SQLite file the work runs on the allocation writer's thread, like an
-    allocation batch and for the same reason: a lease confirm or release took
-    about 2 ms there against about 3 ms through aiosqlite, measured by a client. ``work`` must then
+    allocation batch and for the same reason. Measured by a client, a lease
+    confirm or release takes about 2 ms there and about 3 ms through aiosqlite. ``work`` must then
     call only the session methods that ThreadSession offers, and must build
     its answer before it returns, because the session closes with the
     transaction. Elsewhere it runs in an ordinary transaction of the event loop.
