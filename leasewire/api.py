@@ -149,6 +149,12 @@ class LeaseCreate(WireModel):
     The pools come from ``pool``, else ``pools`` (one lease from each, all or
     none), else selection: for each of ``families`` the matching pool of the
     highest priority that has a free address.
+
+    ``address`` or ``addresses`` (not both) request exact addresses, without
+    a prefix length. Each one goes to the pool of the request whose usable
+    addresses contain it, at most one per pool, and the other pools lease
+    any free address. With selection, each requested address adds its family
+    to ``families``, which then defaults to no family instead of ipv4.
     """
 
     pool: str | None = None
@@ -159,6 +165,11 @@ class LeaseCreate(WireModel):
     pod: PodRef = Field(default_factory=PodRef)
     node: str = ""
     address: str | None = None
+    addresses: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="Exact addresses without prefix length, at most one per pool of the request.",
+    )
     network: str = Field(default="", max_length=253)
     mac: str | None = Field(default=None, max_length=64)
 

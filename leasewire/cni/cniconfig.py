@@ -344,14 +344,17 @@ def _args_cni_value(config: NetworkConfig, key: str) -> object | None:
     return None
 
 
-def requested_address(config: NetworkConfig, env: CniEnv) -> IPv4Address | IPv6Address | None:
-    """Return the static address the runtime requests, if any.
+def requested_addresses(
+    config: NetworkConfig, env: CniEnv
+) -> tuple[IPv4Address | IPv6Address, ...]:
+    """Return the static addresses the runtime requests, in its order; empty if none.
 
     Sources in the order of precedence the CNI conventions give:
     runtimeConfig "ips", then args.cni "ips", then CNI_ARGS "IP" (podman and
-    CRI-O send a single static address that way). The first source present
-    wins. Only one address per attachment is supported. A prefix length is
-    ignored, because the pool sets it.
+    CRI-O send static addresses that way, comma-separated). The first source
+    present wins. A prefix length is ignored, because the pool sets it.
+    ipamd puts each address into the pool of the network that contains it
+    (for example one IPv4 and one IPv6 address on a dual-stack network).
     """
     candidates: list[tuple[str, object]] = []
     runtime_ips = runtime_config_value(config, "ips")
@@ -368,13 +371,18 @@ def requested_address(config: NetworkConfig, env: CniEnv) -> IPv4Address | IPv6A
             raise _invalid(source, value, "a list of IP addresses")
         if not value:
             continue
-        if len(value) > 1:
-            raise _invalid(source, value, "a single address; leasewire leases one per interface")
-        try:
-            return ip_interface(value[0]).ip if "/" in value[0] else ip_address(value[0])
-        except ValueError:
-            raise _invalid(source, value[0], "an IPv4 or IPv6 address") from None
-    return None
+        addresses: list[IPv4Address | IPv6Address] = []
+        for item in value:
+            try:
+                text = item.strip()
+                address = ip_interface(text).ip if "/" in text else ip_address(text)
+            except ValueError:
+                raise _invalid(source, item, "an IPv4 or IPv6 address") from None
+            if address in addresses:
+                raise _invalid(source, value, "each address once")
+            addresses.append(address)
+        return tuple(addresses)
+    return ()
 
 
 def requested_mac(config: NetworkConfig, env: CniEnv) -> str | None:

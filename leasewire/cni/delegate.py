@@ -32,8 +32,11 @@ from leasewire.cni.cniconfig import (
     CniError,
     Command,
     NetworkConfig,
+    parse_env,
+    parse_network_config,
 )
 from leasewire.cni.ipamclient import LeaseRequest, NodeLease
+from leasewire.cni.journal import PluginCall
 from leasewire.cni.timings import measure
 
 logger = logging.getLogger(__name__)
@@ -89,17 +92,23 @@ class IpamPlugin:
     config: NetworkConfig
     env: CniEnv
 
-    async def run(self, command: Command) -> dict[str, Any] | None:
-        """Run the plugin for ``command``; return its result for ADD, raise its error."""
-        env = {
-            "PATH": PLUGIN_PATH,
-            "CNI_COMMAND": command.value,
+    def cni_variables(self) -> dict[str, str]:
+        """Return the CNI_* variables of the call, CNI_COMMAND aside."""
+        return {
             "CNI_CONTAINERID": self.env.container_id,
             "CNI_NETNS": self.env.netns,
             "CNI_IFNAME": self.env.ifname,
             "CNI_ARGS": ";".join(f"{key}={value}" for key, value in self.env.args.items()),
             "CNI_PATH": self.env.path,
         }
+
+    def journal_entry(self) -> PluginCall:
+        """Build the ADD journal's entry from which a restarted daemon can run the plugin's DEL."""
+        return PluginCall(config=dict(self.config.raw), env=self.cni_variables())
+
+    async def run(self, command: Command) -> dict[str, Any] | None:
+        """Run the plugin for ``command``; return its result for ADD, raise its error."""
+        env = {"PATH": PLUGIN_PATH, "CNI_COMMAND": command.value, **self.cni_variables()}
         with measure("ipam-plugin"):
             process = await asyncio.create_subprocess_exec(
                 str(self.executable),
@@ -177,6 +186,23 @@ def ipam_plugin(config: NetworkConfig, env: CniEnv) -> IpamPlugin | None:
     return IpamPlugin(plugin_type, find_plugin(plugin_type, env.path), config, env)
 
 
+def plugin_for_del(call: PluginCall) -> IpamPlugin:
+    """Rebuild the plugin of a journaled ADD for its DEL. Raises CniError when that fails.
+
+    The configuration and variables are validated again, and the plugin is
+    looked up again in CNI_PATH, because it may have been removed since.
+    """
+    config = parse_network_config(json.dumps(call.config))
+    env = parse_env({**call.env, "CNI_COMMAND": Command.DEL.value}, Command.DEL)
+    plugin = ipam_plugin(config, env)
+    if plugin is None:
+        raise CniError(
+            ERR_INVALID_CONFIG,
+            f"the journaled configuration of network {config.name!r} names no IPAM plugin",
+        )
+    return plugin
+
+
 def leases_from_result(result: dict[str, Any], plugin: IpamPlugin, owner: Owner) -> list[NodeLease]:
     """Turn an IPAM plugin's ADD result into leases, one per IP, in the result's order.
 
@@ -240,8 +266,10 @@ class LeaseSource(Protocol):
 class DelegatedLeases:
     """Leases of an executable IPAM plugin, with the calls of ipamd's client.
 
-    NOTE: the journal of unfinished ADDs does not record the plugin, so after a
-    node daemon crash mid-ADD the plugin keeps its allocation until the runtime's DEL.
+    The ADD journal records the plugin, so a node daemon killed mid-ADD runs the
+    plugin's DEL on restart. NOTE: the journal entry is written after the
+    plugin's ADD returns, so a kill while the plugin runs leaves its allocation
+    until the runtime's DEL.
     """
 
     def __init__(self, plugin: IpamPlugin) -> None:

@@ -87,7 +87,8 @@ class LeaseRequest(TolerantModel):
     node: str
     network: str
     pools: tuple[str, ...] = ()
-    address: str | None = None
+    # Static addresses requested by the runtime, each going to the pool that contains it.
+    addresses: tuple[str, ...] = ()
     mac: str | None = None
 
     def body(self) -> dict[str, Any]:
@@ -102,8 +103,11 @@ class LeaseRequest(TolerantModel):
             body["pool"] = self.pools[0]
         elif self.pools:
             body["pools"] = list(self.pools)
-        if self.address is not None:
-            body["address"] = self.address
+        # One address keeps the original single-address form of the request.
+        if len(self.addresses) == 1:
+            body["address"] = self.addresses[0]
+        elif self.addresses:
+            body["addresses"] = list(self.addresses)
         if self.mac is not None:
             body["mac"] = self.mac
         return body

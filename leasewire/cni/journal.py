@@ -2,10 +2,12 @@
 and the records of finished attachments that spare DEL a request to ipamd.
 
 Before attach, ADD writes one small file per attachment naming the owner,
-netns, driver and options; it removes the file once ADD has succeeded or
-rolled back. A file found at start-up belongs to an ADD that neither finished
-nor rolled back: the daemon detaches it and releases its leases before it
-serves again, and the runtime, which saw the ADD fail, retries it.
+netns, driver and options, and, when an executable IPAM plugin allocated the
+addresses, the configuration and CNI variables that the plugin's DEL needs.
+It removes the file once ADD has succeeded or rolled back. A file found at
+start-up belongs to an ADD that neither finished nor rolled back: the daemon
+detaches it and releases its addresses before it serves again, and the
+runtime, which saw the ADD fail, retries it.
 
 The files are not fsynced. They only have to survive the death of the daemon
 process, which leaves the page cache intact; a power loss takes the pod's
@@ -37,23 +39,46 @@ ATTACHMENTS_DIRECTORY = "attachments"
 
 
 @dataclass(frozen=True, kw_only=True)
+class PluginCall:
+    """Network configuration and CNI_* variables with which an IPAM plugin can run again."""
+
+    config: dict[str, object]
+    env: dict[str, str]
+
+
+@dataclass(frozen=True, kw_only=True)
 class AddRecord:
     owner: Owner
     network: str
     netns: str
     driver: str
     options: dict[str, object]
+    # The IPAM plugin that allocated the addresses. None when ipamd leased them.
+    plugin: PluginCall | None = None
 
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "owner": self.owner.model_dump(mode="json", by_alias=True),
-                "network": self.network,
-                "netns": self.netns,
-                "driver": self.driver,
-                "options": self.options,
-            }
-        )
+        item: dict[str, object] = {
+            "owner": self.owner.model_dump(mode="json", by_alias=True),
+            "network": self.network,
+            "netns": self.netns,
+            "driver": self.driver,
+            "options": self.options,
+        }
+        if self.plugin is not None:
+            item["ipamPlugin"] = {"config": self.plugin.config, "env": self.plugin.env}
+        return json.dumps(item)
+
+
+def _plugin_call(item: object) -> PluginCall | None:
+    """Read the "ipamPlugin" entry of a journal file. Entries of older daemons have none."""
+    if item is None:
+        return None
+    if not isinstance(item, dict):
+        raise TypeError(f"expected an object for ipamPlugin, got {item!r:.100}")
+    return PluginCall(
+        config=dict(item["config"]),
+        env={str(key): str(value) for key, value in dict(item["env"]).items()},
+    )
 
 
 def _owner_file(directory: Path, owner: Owner) -> Path:
@@ -88,6 +113,7 @@ class AddJournal:
                         netns=str(item["netns"]),
                         driver=str(item["driver"]),
                         options=dict(item["options"]),
+                        plugin=_plugin_call(item.get("ipamPlugin")),
                     )
                 )
             except (OSError, ValueError, KeyError, TypeError):
@@ -104,6 +130,9 @@ class AttachmentRecord:
     driver: str
     options: dict[str, object]
     addresses: tuple[str, ...]
+    # ipamd's createdAt of each lease, in the order of ``addresses``: a queued
+    # release of them is bounded by ipamd's clock. Empty in records of older daemons.
+    created_at: tuple[str, ...] = ()
 
 
 class AttachmentRecords:
@@ -119,6 +148,7 @@ class AttachmentRecords:
                 "driver": record.driver,
                 "options": record.options,
                 "addresses": list(record.addresses),
+                "createdAt": list(record.created_at),
             }
         )
         write_atomically(_owner_file(self.directory, owner), text, 0o600, sync=False)
@@ -133,6 +163,7 @@ class AttachmentRecords:
                 driver=str(item["driver"]),
                 options=dict(item["options"]),
                 addresses=tuple(str(address) for address in item["addresses"]),
+                created_at=tuple(str(value) for value in item.get("createdAt", [])),
             )
             recorded_owner = Owner.model_validate(item["owner"])
         except FileNotFoundError:

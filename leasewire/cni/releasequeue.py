@@ -9,9 +9,16 @@ The file is append-only JSON lines, one release per line, flushed with fsync
 before DEL returns: a bound lease that is lost here would hold its address
 forever. Replay rewrites the file with the entries that are left, through a
 temporary file and a rename, so that a crash leaves either the old or the new
-list. Each entry carries the time it was queued and is replayed with
-``createdBefore`` set to it, so a late replay never releases a lease that a
-newer ADD of the same owner created.
+list.
+
+An entry is replayed with ``createdBefore`` just after ipamd's own createdAt of
+the owner's newest lease, when the node daemon has it, so that a late replay
+never releases a lease that a newer ADD of the same owner created. ipamd
+compares that bound with its own clock, so a time from the node's clock would
+release nothing when the node's clock is behind ipamd's. Without ipamd's time
+the replay releases whatever the owner holds: ADD replays the owner's queued
+release before it leases (see ``CniService.add``), so no newer lease of the
+owner can exist while the entry waits.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from leasewire.api import Owner
@@ -37,21 +44,56 @@ QUEUE_FILE = "release-queue.jsonl"
 class QueuedRelease:
     owner: Owner
     network: str
-    # RFC 3339 UTC time the release was queued.
+    # RFC 3339 UTC time the release was queued, by the node's clock. Replay does not use it.
     queued_at: str
+    # RFC 3339 time by ipamd's clock. Leases created at or after it are kept.
+    # None when the node daemon had no ipamd time, and in lines of older daemons.
+    created_before: str | None = None
 
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "owner": self.owner.model_dump(mode="json", by_alias=True),
-                "network": self.network,
-                "queuedAt": self.queued_at,
-            }
-        )
+        item: dict[str, object] = {
+            "owner": self.owner.model_dump(mode="json", by_alias=True),
+            "network": self.network,
+            "queuedAt": self.queued_at,
+        }
+        if self.created_before is not None:
+            item["createdBefore"] = self.created_before
+        return json.dumps(item)
 
 
 def now_rfc3339() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def just_after(timestamp: str) -> str | None:
+    """Return an RFC 3339 time one microsecond after ``timestamp``, or None if unreadable.
+
+    ipamd releases only leases created strictly before ``createdBefore``, so
+    the bound for a lease created at ``timestamp`` is one microsecond later.
+    A time without a zone is UTC, as ipamd on SQLite sends it.
+    """
+    try:
+        moment = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment + timedelta(microseconds=1)).isoformat()
+
+
+def release_bound(created_at: list[str]) -> str | None:
+    """Return the ``createdBefore`` that covers leases created at ``created_at`` (ipamd's times).
+
+    None when no time is readable: the release is then not bounded by time.
+    """
+    bounds = [bound for bound in (just_after(value) for value in created_at if value) if bound]
+    if not bounds:
+        return None
+    return max(bounds, key=lambda bound: datetime.fromisoformat(bound))
+
+
+def _optional_text(value: object) -> str | None:
+    return None if value is None else str(value)
 
 
 class ReleaseQueue:
@@ -85,6 +127,7 @@ class ReleaseQueue:
                         owner=Owner.model_validate(item["owner"]),
                         network=str(item.get("network", "")),
                         queued_at=str(item["queuedAt"]),
+                        created_before=_optional_text(item.get("createdBefore")),
                     )
                 )
             except (ValueError, KeyError, TypeError):
@@ -107,9 +150,16 @@ class ReleaseQueue:
     def holds(self, owner: Owner) -> bool:
         return any(entry.owner == owner for entry in self._entries)
 
-    async def add(self, owner: Owner, network: str) -> QueuedRelease:
-        """Append a release and fsync it before returning."""
-        entry = QueuedRelease(owner=owner, network=network, queued_at=now_rfc3339())
+    async def add(
+        self, owner: Owner, network: str, *, created_before: str | None = None
+    ) -> QueuedRelease:
+        """Append a release and fsync it before returning.
+
+        ``created_before`` is a time by ipamd's clock (see ``release_bound``).
+        """
+        entry = QueuedRelease(
+            owner=owner, network=network, queued_at=now_rfc3339(), created_before=created_before
+        )
         async with self._file_lock:
             await asyncio.to_thread(self._append, entry)
             self._entries.append(entry)
@@ -147,7 +197,7 @@ class ReleaseQueue:
                     continue
                 try:
                     released = await ipam.release_leases(
-                        entry.owner, network=entry.network, created_before=entry.queued_at
+                        entry.owner, network=entry.network, created_before=entry.created_before
                     )
                 except IpamUnavailableError as error:
                     logger.info("Release queue waits for ipamd: %s", error)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from datetime import UTC, datetime, timedelta
 
 from leasewire.cni.cniconfig import (
     ERR_DEGRADED,
@@ -12,13 +11,23 @@ from leasewire.cni.cniconfig import (
     ERR_NOT_AVAILABLE,
     ERR_TRY_AGAIN_LATER,
     CniError,
+    Command,
     NetworkConfig,
 )
 from leasewire.cni.degraded import link_problems, needed_links
+from leasewire.cni.delegate import plugin_for_del
 from leasewire.cni.ipamclient import IpamRejectedError, IpamUnavailableError, NodeLease
-from leasewire.cni.releasequeue import now_rfc3339
+from leasewire.cni.journal import AddRecord
+from leasewire.cni.releasequeue import release_bound
 from leasewire.cni.timings import measure
-from leasewire.cni.verbs import CniService, OwnerKey, owner_key, owner_logger, recorded_driver
+from leasewire.cni.verbs import (
+    CniService,
+    OwnerKey,
+    OwnerLogger,
+    owner_key,
+    owner_logger,
+    recorded_driver,
+)
 from leasewire.drivers.base import DetachRequest, DriverError
 
 logger = logging.getLogger(__name__)
@@ -104,9 +113,10 @@ async def collect_garbage(service: CniService, config: NetworkConfig) -> str:
                 continue
             # ipamd's own creation times bound the release, so that a lease
             # created after the listing (a new ADD) is never taken.
-            newest = max(lease.created_at for lease in leases)
             await service.ipam.release_leases(
-                owner, network=config.name, created_before=_just_after(newest)
+                owner,
+                network=config.name,
+                created_before=release_bound([lease.created_at for lease in leases]),
             )
         log.info("GC released %s", ", ".join(lease.address for lease in leases))
         if service.attachments is not None:
@@ -120,17 +130,6 @@ async def collect_garbage(service: CniService, config: NetworkConfig) -> str:
             "; ".join(failures),
         )
     return ""
-
-
-def _just_after(timestamp: str) -> str | None:
-    """Return an RFC 3339 time one microsecond after ``timestamp``, or None if unreadable."""
-    try:
-        moment = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return (moment + timedelta(microseconds=1)).isoformat()
 
 
 async def report_status(service: CniService, config: NetworkConfig) -> None:
@@ -180,7 +179,14 @@ async def _report_degraded(service: CniService, config: NetworkConfig) -> None:
 
 
 async def recover_unfinished_adds(service: CniService) -> int:
-    """Undo the ADDs that a previous daemon left in its journal; return how many."""
+    """Undo the ADDs that a previous daemon left in its journal; return how many.
+
+    The interface goes first. Only once it is gone are the addresses released,
+    through the IPAM plugin that allocated them or through ipamd. When the
+    interface cannot be removed, ipamd's lease is bound so that it cannot
+    expire, and the journal entry stays, so that the next start tries again.
+    The runtime's DEL or GC may remove both before that.
+    """
     records = service.journal.leftovers()
     for record in records:
         log = owner_logger(record.owner)
@@ -195,14 +201,69 @@ async def recover_unfinished_adds(service: CniService) -> int:
                 )
             )
         except (DriverError, LookupError):
-            log.exception("Failed to detach the unfinished ADD; the runtime's DEL retries it")
-        try:
-            await service.ipam.release_leases(
-                record.owner, network=record.network, created_before=now_rfc3339()
+            log.exception(
+                "Failed to detach the unfinished ADD, so its addresses stay allocated "
+                "until the runtime's DEL or the next start of the node daemon"
             )
-        except IpamUnavailableError:
-            await service.queue.add(record.owner, record.network)
-        except IpamRejectedError:
-            log.exception("ipamd rejected the release of the unfinished ADD's lease")
+            if record.plugin is None:
+                await _bind_unfinished_lease(service, record, log)
+            continue
+        if record.plugin is not None:
+            await _release_through_plugin(record, log)
+        else:
+            await _release_through_ipamd(service, record, log)
         service.journal.end(record.owner)
     return len(records)
+
+
+async def _bind_unfinished_lease(service: CniService, record: AddRecord, log: OwnerLogger) -> None:
+    """Bind the pending lease of an interface that could not be removed, so it cannot expire.
+
+    Confirm also records the driver, which a DEL without an attachment record reads from ipamd.
+    """
+    try:
+        await service.ipam.confirm_leases(record.owner, record.driver, record.options)
+    except (IpamUnavailableError, IpamRejectedError) as error:
+        log.error(
+            "Failed to bind the lease of the interface left behind, so it may expire: %s", error
+        )
+
+
+async def _release_through_plugin(record: AddRecord, log: OwnerLogger) -> None:
+    assert record.plugin is not None
+    try:
+        plugin = plugin_for_del(record.plugin)
+        await plugin.run(Command.DEL)
+    except CniError as error:
+        # The runtime, which saw the ADD fail, sends DEL with the same
+        # configuration, and that DEL runs the plugin again.
+        log.error(
+            "IPAM plugin DEL of the unfinished ADD failed, the runtime's DEL retries it: %s %s",
+            error.msg,
+            error.details,
+        )
+        return
+    log.info("IPAM plugin %r released the unfinished ADD's addresses", plugin.type)
+
+
+async def _release_through_ipamd(service: CniService, record: AddRecord, log: OwnerLogger) -> None:
+    # ipamd's createdAt of the leases bounds the release, so that the node's
+    # clock plays no part in which leases ipamd releases.
+    created_before: str | None = None
+    try:
+        leases = await service.ipam.find_leases(record.owner, record.network)
+        if not leases:
+            log.info("ipamd has no lease of the unfinished ADD left")
+            return
+        created_before = release_bound([lease.created_at for lease in leases])
+        await service.ipam.release_leases(
+            record.owner, network=record.network, created_before=created_before
+        )
+    except IpamUnavailableError:
+        # NOTE: when ipamd did not return the leases, the queued release has no
+        # time bound. A retried ADD of this owner replays it before it leases again.
+        await service.queue.add(record.owner, record.network, created_before=created_before)
+    except IpamRejectedError:
+        log.exception("ipamd rejected the release of the unfinished ADD's lease")
+    else:
+        log.info("Released the unfinished ADD's leases")

@@ -35,7 +35,7 @@ from leasewire.cni.cniconfig import (
     parse_command,
     parse_env,
     parse_network_config,
-    requested_address,
+    requested_addresses,
     requested_mac,
     version_of,
 )
@@ -60,14 +60,13 @@ from leasewire.cni.ipamclient import (
 )
 from leasewire.cni.journal import AddJournal, AddRecord, AttachmentRecord, AttachmentRecords
 from leasewire.cni.podnet import PodExtras, apply_extras, check_pod, ensure_pod_interface_free
-from leasewire.cni.releasequeue import ReleaseQueue
+from leasewire.cni.releasequeue import ReleaseQueue, release_bound
+from leasewire.cni.rollback import AddRollback
 from leasewire.cni.timings import measure, record_call
 from leasewire.drivers.base import (
     AttachRequest,
     CheckRequest,
     DetachRequest,
-    Driver,
-    DriverError,
     InterfaceExistsError,
     IPAddress,
     IPInterface,
@@ -293,7 +292,7 @@ class CniService:
         if config.driver is not None:
             self.drivers.get(config.driver).validate(config.options)
         previous = previous_result(config)
-        address = requested_address(config, env)
+        addresses = requested_addresses(config, env)
         mac = requested_mac(config, env)
         owner = self.owner(env)
         log = owner_logger(owner)
@@ -327,7 +326,7 @@ class CniService:
                     node=self.node,
                     network=config.name,
                     pools=config.pools,
-                    address=str(address) if address is not None else None,
+                    addresses=tuple(str(address) for address in addresses),
                     mac=mac,
                 )
             )
@@ -342,10 +341,18 @@ class CniService:
                 undo.callback(self.journal.end, owner)
                 # A lease that this owner already held before this call belongs
                 # to an earlier ADD; the runtime's DEL releases it, not this rollback.
-                if created:
-                    undo.push_async_callback(
-                        self._release_after_failure, owner, config.name, log, leaser
-                    )
+                rollback = AddRollback(
+                    self.ipam,
+                    self.attachments,
+                    self.queue,
+                    owner,
+                    config.name,
+                    leases,
+                    log,
+                    leaser=leaser,
+                    release=created,
+                )
+                undo.push_async_callback(rollback.run)
 
                 driver_name, options = choose_driver(config, leases[0])
                 driver = self.drivers.get(driver_name)
@@ -361,14 +368,14 @@ class CniService:
                         netns=env.netns,
                         driver=driver_name,
                         options=options,
+                        plugin=plugin.journal_entry() if plugin is not None else None,
                     )
                 )
                 # Drivers remove what a failed attach created, but the undo
                 # does not rely on it: detach counts anything gone as removed.
                 # An interface that exists already is left alone, because it
                 # may belong to someone else.
-                detach = _DetachUndo(driver, env, options, log)
-                undo.push_async_callback(detach.run)
+                rollback.arm_detach(driver, driver_name, env, options)
                 try:
                     with measure("netlink"):
                         attachment = await driver.attach(
@@ -387,7 +394,7 @@ class CniService:
                             )
                         )
                 except InterfaceExistsError:
-                    detach.armed = False
+                    rollback.disarm_detach()
                     raise
                 new_mac = await apply_extras(
                     env.netns, env.ifname, PodExtras(mac=mac, addresses=more, routes=routes)
@@ -404,6 +411,7 @@ class CniService:
                             driver=driver_name,
                             options=options,
                             addresses=tuple(lease.address for lease in leases),
+                            created_at=tuple(lease.created_at for lease in leases),
                         ),
                     )
                     undo.callback(self.attachments.drop, owner)
@@ -486,7 +494,10 @@ class CniService:
                 await self.ipam.release_leases(owner, network=config.name)
             except IpamUnavailableError as error:
                 log.warning("ipamd is unavailable, queueing the release: %s", error)
-                await self.queue.add(owner, config.name)
+                # NOTE: without a record, ipamd's createdAt is unknown, so the queued
+                # release has no time bound (safe because ADD replays it first).
+                created_at = list(record.created_at) if record is not None else []
+                await self.queue.add(owner, config.name, created_before=release_bound(created_at))
             else:
                 if self.queue.holds(owner):
                     await self.queue.replay(self.ipam, owner)
@@ -549,44 +560,6 @@ class CniService:
                 )
             )
         await check_pod(env.netns, env.ifname, previous.mac, previous.routes)
-
-    async def _release_after_failure(
-        self, owner: Owner, network: str, log: OwnerLogger, leaser: LeaseSource
-    ) -> None:
-        try:
-            await leaser.release_leases(owner, network=network)
-            log.info("Rolled back: lease released")
-        except (IpamUnavailableError, IpamRejectedError, CniError):
-            log.exception(
-                "Failed to release the lease while rolling back ADD; "
-                "ipamd lets a pending lease expire, an IPAM plugin keeps it until DEL"
-            )
-
-
-class _DetachUndo:
-    """Undo step of ADD that detaches the pod interface unless disarmed."""
-
-    def __init__(
-        self, driver: Driver, env: CniEnv, options: dict[str, object], log: OwnerLogger
-    ) -> None:
-        self.driver = driver
-        self.request = DetachRequest(
-            container_id=env.container_id,
-            netns=env.netns,
-            ifname=env.ifname,
-            options=options,
-        )
-        self.log = log
-        self.armed = True
-
-    async def run(self) -> None:
-        if not self.armed:
-            return
-        try:
-            await self.driver.detach(self.request)
-            self.log.info("Rolled back: interface detached")
-        except DriverError:
-            self.log.exception("Failed to detach while rolling back ADD; DEL detaches it")
 
 
 def _result_dns(config: NetworkConfig, leases: list[NodeLease]) -> dict[str, object]:

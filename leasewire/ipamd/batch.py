@@ -76,7 +76,12 @@ class _Waiting:
 
 def _is_simple(request: LeaseCreate) -> bool:
     """True if the request writes at most one row, as its last step (no SAVEPOINT needed)."""
-    return request.pool is not None and request.pools is None and request.address is None
+    return (
+        request.pool is not None
+        and request.pools is None
+        and request.address is None
+        and request.addresses is None
+    )
 
 
 class AllocationWriter:

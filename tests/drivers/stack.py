@@ -17,9 +17,25 @@ import leasewire.cni
 # pytest imports tests/integration as the package "integration" (tests/ is no
 # package), while mypy checks it as "tests.integration"; both name one module.
 if TYPE_CHECKING:
-    from tests.integration.daemons import Ipamd, free_port, start_ipamd, start_node_daemon, stop
+    from tests.integration.daemons import (
+        Ipamd,
+        free_port,
+        install_fixture_driver,
+        start_ipamd,
+        start_node_daemon,
+        stop,
+    )
 else:
-    from integration.daemons import Ipamd, free_port, start_ipamd, start_node_daemon, stop
+    from integration.daemons import (
+        Ipamd,
+        free_port,
+        install_fixture_driver,
+        start_ipamd,
+        start_node_daemon,
+        stop,
+    )
+
+__all__ = ["install_fixture_driver"]
 
 SHIM = Path(leasewire.cni.__file__).with_name("shim.py")
 CLUSTER = "drivers"

@@ -15,9 +15,7 @@ import pytest
 from leasewire.drivers.registry import UnknownDriverError, available_drivers, load_driver_class
 
 from .conftest import ROOT_ONLY, Namespaces, ping, unique_name
-from .stack import Stack
-
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "marker-driver"
+from .stack import Stack, install_fixture_driver
 
 
 def test_builtin_drivers_registered() -> None:
@@ -33,30 +31,7 @@ def test_unknown_driver_names_installed() -> None:
 @pytest.fixture(scope="module")
 def marker_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Install the fixture package into a directory of its own with pip, as a user would."""
-    source = tmp_path_factory.mktemp("marker-source") / "marker-driver"
-    # A copy, so the build leaves nothing in the repository.
-    shutil.copytree(FIXTURE, source)
-    target = tmp_path_factory.mktemp("marker-site")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--no-deps",
-            # Offline: the build uses the setuptools of the project's venv, so
-            # the test sends nothing to a package index.
-            "--no-index",
-            "--no-build-isolation",
-            "--target",
-            str(target),
-            str(source),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return target
+    return install_fixture_driver("marker-driver", tmp_path_factory.mktemp("marker-driver"))
 
 
 def test_installed_package_registers_driver(marker_site: Path) -> None:

@@ -10,6 +10,7 @@ fixtures and the driver tests' ``Stack`` start them through this module
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -159,3 +160,35 @@ def start_node_daemon(
         stop(process)
         raise
     return NodeDaemon(socket_path, log_path), process
+
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+
+
+def install_fixture_driver(name: str, work: Path) -> Path:
+    """Install the driver package tests/fixtures/``name`` with pip into a new directory under
+    ``work``, as a user would; return that directory, for PYTHONPATH."""
+    source = work / f"{name}-source"
+    # A copy, so the build leaves nothing in the repository.
+    shutil.copytree(FIXTURES / name, source)
+    target = work / f"{name}-site"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            # Offline: the build uses the setuptools of the project's venv, so
+            # the test sends nothing to a package index.
+            "--no-index",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return target

@@ -14,7 +14,7 @@ from leasewire.cni.cniconfig import (
     parse_command,
     parse_env,
     parse_network_config,
-    requested_address,
+    requested_addresses,
     requested_mac,
 )
 from leasewire.cni.cniresult import (
@@ -212,23 +212,25 @@ def test_requested_address_precedence() -> None:
     )
     args_only = parse_network_config(config_text(args={"cni": {"ips": ["10.0.0.8"]}}))
 
-    assert requested_address(both, env) == ip_address("10.0.0.7")
-    assert requested_address(args_only, env) == ip_address("10.0.0.8")
-    assert requested_address(parse_network_config(config_text()), env) == ip_address("10.0.0.9")
+    assert requested_addresses(both, env) == (ip_address("10.0.0.7"),)
+    assert requested_addresses(args_only, env) == (ip_address("10.0.0.8"),)
+    assert requested_addresses(parse_network_config(config_text()), env) == (
+        ip_address("10.0.0.9"),
+    )
 
 
 def test_requested_address_none_by_default() -> None:
     env = parse_env(ADD_ENV, Command.ADD)
 
-    assert requested_address(parse_network_config(config_text()), env) is None
+    assert requested_addresses(parse_network_config(config_text()), env) == ()
 
 
-@pytest.mark.parametrize("ips", [["10.0.0.7", "10.0.0.8"], ["not-an-ip"], "10.0.0.7"])
+@pytest.mark.parametrize("ips", [["10.0.0.7", "10.0.0.7/24"], ["not-an-ip"], "10.0.0.7"])
 def test_requested_address_invalid(ips: object) -> None:
     env = parse_env(ADD_ENV, Command.ADD)
     config = parse_network_config(config_text(runtimeConfig={"ips": ips}))
 
-    assert error_of(lambda: requested_address(config, env)).code == 7
+    assert error_of(lambda: requested_addresses(config, env)).code == 7
 
 
 def sample_result(gateway: str | None = "10.22.0.1") -> CniResult:
@@ -326,7 +328,7 @@ def test_requested_address_runtime_config_any_case() -> None:
     env = parse_env(ADD_ENV, Command.ADD)
     config = parse_network_config(config_text(runtimeConfig={"IPs": ["10.0.0.7"]}))
 
-    assert requested_address(config, env) == ip_address("10.0.0.7")
+    assert requested_addresses(config, env) == (ip_address("10.0.0.7"),)
 
 
 def test_requested_mac_precedence() -> None:

@@ -1,0 +1,217 @@
+"""A node daemon killed in the middle of an ADD, restarted: it removes the
+interface before it releases the addresses, through Debian's host-local IPAM
+plugin when that allocated them, and keeps ipamd's lease bound while the
+interface cannot be removed.
+
+The ADD is paused inside the attach driver by a third-party driver (the bridge
+driver plus a wait), installed with pip from tests/fixtures/stall-driver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from leasewire.cni.journal import JOURNAL_DIRECTORY
+from leasewire.drivers.netlink import host_veth_name
+
+from .conftest import CLUSTER, NODE, SHIM, ShimOutput, free_cidr, ip, link_exists, unique_name
+from .daemons import Ipamd, install_fixture_driver, start_node_daemon, stop
+from .test_faults import bound, held, make_pool, wait_until
+
+CNI_PATH = "/usr/lib/cni"
+
+
+@pytest.fixture(scope="module")
+def stall_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Install the stall driver into a directory of its own with pip, as a user would."""
+    return install_fixture_driver("stall-driver", tmp_path_factory.mktemp("stall-driver"))
+
+
+@pytest.fixture
+def bridge_name() -> Iterator[str]:
+    name = unique_name()
+    yield name
+    ip("link", "del", name, check=False)
+
+
+def allocations(data_dir: Path) -> list[str]:
+    """Return the addresses that host-local holds: its files named like an IP."""
+    found = []
+    for path in data_dir.rglob("*"):
+        try:
+            ipaddress.ip_address(path.name)
+        except ValueError:
+            continue
+        found.append(path.name)
+    return found
+
+
+async def run_shim(
+    command: str, container_id: str, netns: str, config: dict[str, Any]
+) -> ShimOutput:
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "CNI_COMMAND": command,
+        "CNI_CONTAINERID": container_id,
+        "CNI_NETNS": netns,
+        "CNI_IFNAME": "eth0",
+        "CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=recovery",
+        "CNI_PATH": CNI_PATH,
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-I",
+        "-S",
+        str(SHIM),
+        env=env,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(json.dumps(config).encode()), 60)
+    assert process.returncode is not None
+    return ShimOutput(process.returncode, stdout.decode(), stderr.decode())
+
+
+def daemon_env(stall_site: Path) -> dict[str, str]:
+    search_path = [str(stall_site), *filter(None, [os.environ.get("PYTHONPATH")])]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(search_path)}
+
+
+async def kill_mid_add(
+    directory: Path,
+    ipamd: Ipamd,
+    env: dict[str, str],
+    netns: str,
+    config: dict[str, Any],
+    container_id: str,
+) -> ShimOutput:
+    """Start a node daemon, kill it while the driver pauses ADD, and return the shim's output."""
+    _, process = start_node_daemon(directory, ipamd.url, cluster=CLUSTER, node_name=NODE, env=env)
+    try:
+        add = asyncio.create_task(run_shim("ADD", container_id, netns, config))
+        # The driver pauses ADD once the pod is wired, after the addresses were allocated.
+        await wait_until(lambda: link_exists(host_veth_name(container_id, "eth0")), "the veth")
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+        return await add
+    finally:
+        stop(process)
+
+
+async def test_killed_add_releases_host_local_allocation(
+    session_dir: Path,
+    ipamd: Ipamd,
+    stall_site: Path,
+    bridge_name: str,
+    make_netns: Callable[[], str],
+    tmp_path: Path,
+) -> None:
+    directory = session_dir / unique_name("recovery-")
+    directory.mkdir()
+    data_dir = tmp_path / "host-local"
+    hold = tmp_path / "hold"
+    hold.touch()
+    netns = f"/run/netns/{make_netns()}"
+    veth = host_veth_name("pod-crash", "eth0")
+    config: dict[str, Any] = {
+        "cniVersion": "1.0.0",
+        "name": "recoverynet",
+        "type": "leasewire",
+        "driver": "stall",
+        "bridge": bridge_name,
+        "holdWhile": str(hold),
+        "socket": str(directory / "node.sock"),
+        "ipam": {"type": "host-local", "subnet": str(free_cidr()), "dataDir": str(data_dir)},
+    }
+    env = daemon_env(stall_site)
+
+    killed = await kill_mid_add(directory, ipamd, env, netns, config, "pod-crash")
+    allocated = allocations(data_dir)
+    journaled = list((directory / "state" / JOURNAL_DIRECTORY).glob("*.json"))
+
+    hold.unlink()
+    _, process = await asyncio.to_thread(
+        start_node_daemon, directory, ipamd.url, cluster=CLUSTER, node_name=NODE, env=env
+    )
+    try:
+        # The restarted daemon undid the unfinished ADD before serving.
+        left = allocations(data_dir)
+        link_left = link_exists(veth)
+        retried = await run_shim("ADD", "pod-crash", netns, config)
+        deleted = await run_shim("DEL", "pod-crash", netns, config)
+    finally:
+        stop(process)
+
+    assert killed.exit_code != 0
+    assert killed.json["code"] == 11, killed
+    assert len(allocated) == 1
+    assert len(journaled) == 1
+    assert left == []
+    assert not link_left
+    assert retried.exit_code == 0, retried
+    assert deleted.exit_code == 0, deleted
+    assert allocations(data_dir) == []
+
+
+async def test_killed_add_with_stuck_interface_keeps_lease(
+    session_dir: Path,
+    ipamd: Ipamd,
+    stall_site: Path,
+    bridge_name: str,
+    make_netns: Callable[[], str],
+    tmp_path: Path,
+) -> None:
+    directory = session_dir / unique_name("recovery-")
+    directory.mkdir()
+    pool = make_pool(ipamd)
+    hold = tmp_path / "hold"
+    hold.touch()
+    fail_detach = tmp_path / "fail-detach"
+    netns = f"/run/netns/{make_netns()}"
+    veth = host_veth_name("pod-stuck", "eth0")
+    config: dict[str, Any] = {
+        "cniVersion": "1.0.0",
+        "name": "recoverynet",
+        "type": "leasewire",
+        "pool": pool.name,
+        "driver": "stall",
+        "bridge": bridge_name,
+        "holdWhile": str(hold),
+        "failDetachWhile": str(fail_detach),
+        "socket": str(directory / "node.sock"),
+    }
+    env = daemon_env(stall_site)
+
+    killed = await kill_mid_add(directory, ipamd, env, netns, config, "pod-stuck")
+    fail_detach.touch()
+    hold.unlink()
+    _, process = await asyncio.to_thread(
+        start_node_daemon, directory, ipamd.url, cluster=CLUSTER, node_name=NODE, env=env
+    )
+    try:
+        # The restarted daemon could not remove the interface, so the lease must stay.
+        link_after_restart = link_exists(veth)
+        bound_after_restart = bound(ipamd, pool, "pod-stuck")
+        fail_detach.unlink()
+        deleted = await run_shim("DEL", "pod-stuck", netns, config)
+    finally:
+        stop(process)
+
+    assert killed.exit_code != 0
+    assert killed.json["code"] == 11, killed
+    assert link_after_restart
+    assert len(bound_after_restart) == 1
+    assert deleted.exit_code == 0, deleted
+    assert not link_exists(veth)
+    assert held(ipamd, pool, "pod-stuck") == []
