@@ -17,8 +17,9 @@ Once ADD has confirmed the lease, ``AttachmentRecords`` keeps one file per
 attachment with its network, driver, options and addresses, so that DEL knows
 the driver recorded at ADD without asking ipamd. DEL removes it. Without the
 file (daemon state lost, attachment made by another node daemon), DEL asks
-ipamd as before.
-GC drops the records of the attachments it releases.
+ipamd for the driver recorded at confirm. When ipamd cannot be reached either,
+DEL uses the attach profile that ipamd last returned for the network
+(``profilecache.py``). GC drops the records of the attachments it releases.
 """
 
 from __future__ import annotations

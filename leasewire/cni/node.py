@@ -32,6 +32,7 @@ from aiohttp import web
 from leasewire.cni.cniconfig import FALLBACK_VERSION, CniError
 from leasewire.cni.ipamclient import IpamClient
 from leasewire.cni.journal import AddJournal, AttachmentRecords
+from leasewire.cni.profilecache import ProfileCache
 from leasewire.cni.releasequeue import ReleaseQueue
 from leasewire.cni.shimwire import (
     JSON_PATH,
@@ -104,6 +105,7 @@ async def _cni_service(app: web.Application) -> AsyncIterator[None]:
             node=settings.node_name,
             queue=ReleaseQueue(settings.state_dir),
             journal=AddJournal(settings.state_dir),
+            profiles=ProfileCache(settings.state_dir),
             attachments=AttachmentRecords(settings.state_dir),
         )
         app[SERVICE_KEY] = service

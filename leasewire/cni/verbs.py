@@ -52,6 +52,7 @@ from leasewire.cni.cniresult import (
 from leasewire.cni.delegate import DelegatedLeases, LeaseSource, collect_stderr, ipam_plugin
 from leasewire.cni.errors import to_cni_error
 from leasewire.cni.ipamclient import (
+    AttachView,
     IpamClient,
     IpamRejectedError,
     IpamUnavailableError,
@@ -60,6 +61,7 @@ from leasewire.cni.ipamclient import (
 )
 from leasewire.cni.journal import AddJournal, AddRecord, AttachmentRecord, AttachmentRecords
 from leasewire.cni.podnet import PodExtras, apply_extras, check_pod, ensure_pod_interface_free
+from leasewire.cni.profilecache import ProfileCache
 from leasewire.cni.releasequeue import ReleaseQueue, release_bound
 from leasewire.cni.rollback import AddRollback
 from leasewire.cni.timings import measure, record_call
@@ -138,7 +140,13 @@ def choose_driver(config: NetworkConfig, lease: NodeLease | None) -> tuple[str, 
     returns with the lease, then the bridge driver. The configuration's
     options are laid over the profile's when both name the same driver.
     """
-    profile = lease.attach if lease is not None else None
+    return driver_for_profile(config, lease.attach if lease is not None else None)
+
+
+def driver_for_profile(
+    config: NetworkConfig, profile: AttachView | None
+) -> tuple[str, dict[str, object]]:
+    """Pick the configuration's driver, else the attach profile's, else the bridge driver."""
     if config.driver is not None:
         if profile is not None and profile.driver == config.driver:
             return config.driver, {**profile.options, **config.options}
@@ -203,6 +211,7 @@ class CniService:
         node: str,
         queue: ReleaseQueue,
         journal: AddJournal,
+        profiles: ProfileCache,
         attachments: AttachmentRecords | None = None,
     ) -> None:
         self.ipam = ipam
@@ -213,6 +222,9 @@ class CniService:
         self.journal = journal
         # Without records, DEL requests the driver recorded at ADD from ipamd.
         self.attachments = attachments
+        # Attach profiles per network, for a DEL that has no record while ipamd
+        # is unavailable.
+        self.profiles = profiles
         # The CNI specification forbids parallel calls for one attachment, but
         # a runtime that retries after a timeout may still send them.
         self.locks = KeyedLocks()
@@ -401,6 +413,8 @@ class CniService:
                 )
 
                 await self._confirm(owner, driver_name, options, leaser)
+                if plugin is None:
+                    self.profiles.remember(config.name, leases[0].attach)
                 # Leases of an IPAM plugin go back through the plugin, whose
                 # DEL does not read the record.
                 if self.attachments is not None and plugin is None:
@@ -459,7 +473,8 @@ class CniService:
 
         When ipamd cannot be reached, the interface is still removed and the
         release goes to the durable queue, which the daemon replays later.
-        The driver comes from this daemon's attachment record, else from ipamd.
+        The driver comes from this daemon's attachment record, else from ipamd,
+        else from the attach profile that ipamd last returned for the network.
         """
         owner = self.owner(env)
         log = owner_logger(owner)
@@ -510,13 +525,27 @@ class CniService:
     ) -> tuple[str, dict[str, object], bool]:
         """Return the driver and options recorded with the leases, and whether a lease may be held.
 
-        When ipamd is unavailable, the configuration's driver, and True.
+        When ipamd is unavailable, the choice that ADD makes, with the attach
+        profile that ipamd last returned for the network, and True.
         """
         try:
             leases = await self.ipam.find_leases(owner, config.name)
         except IpamUnavailableError as error:
-            log.warning("Cannot read the lease's driver, using the configuration's: %s", error)
-            driver_name, options = recorded_driver(config, [])
+            profile = self.profiles.recall(config.name)
+            driver_name, options = driver_for_profile(config, profile)
+            if config.driver is not None:
+                source = "the configuration"
+            elif profile is not None:
+                name = f" {profile.profile!r}" if profile.profile else ""
+                source = f"the attach profile{name} that ipamd last returned for this network"
+            else:
+                source = "the default"
+            log.warning(
+                "Cannot read the lease's driver from ipamd, detaching with driver %s of %s: %s",
+                driver_name,
+                source,
+                error,
+            )
             return driver_name, options, True
         driver_name, options = recorded_driver(config, leases)
         return driver_name, options, bool(leases)

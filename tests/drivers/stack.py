@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -99,3 +102,21 @@ class Stack:
 
     def log(self, name: str = "node.log") -> str:
         return (self.directory / name).read_text(errors="replace")
+
+
+@contextmanager
+def running_stack(prefix: str, node_name: str) -> Iterator[Stack]:
+    """Start a stack in a new temporary directory; stop it and remove the directory afterwards."""
+    directory = Path(tempfile.mkdtemp(prefix=prefix))
+    started = Stack.start(directory, node_name)
+    try:
+        yield started
+    finally:
+        started.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def put(stack: Stack, path: str, body: dict[str, object]) -> None:
+    """PUT ``body`` to ipamd at ``path`` and assert that it was stored."""
+    status, payload = stack.ipamd.request("PUT", path, body)
+    assert status in (200, 201), payload

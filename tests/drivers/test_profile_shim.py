@@ -6,16 +6,12 @@ pod was attached with, and a driver named in the conflist wins over the profile.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 
 from .conftest import ROOT_ONLY, Namespaces, in_netns, ping, unique_name
-from .stack import CLUSTER, Stack
+from .stack import CLUSTER, Stack, put, running_stack
 
 pytestmark = ROOT_ONLY
 
@@ -24,18 +20,8 @@ NODE = "profile-node"
 
 @pytest.fixture
 def stack() -> Iterator[Stack]:
-    directory = Path(tempfile.mkdtemp(prefix="lwt-profile-"))
-    started = Stack.start(directory, NODE)
-    try:
+    with running_stack("lwt-profile-", NODE) as started:
         yield started
-    finally:
-        started.stop()
-        shutil.rmtree(directory, ignore_errors=True)
-
-
-def put(stack: Stack, path: str, body: dict[str, Any]) -> None:
-    status, payload = stack.ipamd.request("PUT", path, body)
-    assert status in (200, 201), payload
 
 
 def kind_of(netns: str, ifname: str) -> str:
