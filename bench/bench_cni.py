@@ -133,6 +133,19 @@ def run_pods(runner: Runner, pods: list[tuple[str, str]], parallel: int) -> dict
     return {"wall": wall, "stages": dict(stages), "p50": statistics.median(calls)}
 
 
+def process_cpu(pid: int) -> float:
+    """Return the CPU time (user and system) that process ``pid`` has used, in seconds."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu() -> float:
+    """Return the CPU time of this process's waited-for children (the plugins), in seconds."""
+    times = os.times()
+    return times.children_user + times.children_system
+
+
 def time_command(argv: list[str], runs: int, env: dict[str, str]) -> float:
     """Return the median wall time of ``argv`` over ``runs`` runs, in seconds."""
     samples = []
@@ -262,10 +275,19 @@ def main() -> int:
                 # One warm-up pod, so that bridge creation and first imports are not timed.
                 runner.call("ADD", "warmup", pods[0][1])
                 runner.call("DEL", "warmup", pods[0][1])
-                results[f"{label}-{parallel}"] = run_pods(runner, pods, parallel)
+                daemons_before = sum(process_cpu(process.pid) for process in processes)
+                plugins_before = children_cpu()
+                result = run_pods(runner, pods, parallel)
+                result["daemonsCpu"] = (
+                    sum(process_cpu(process.pid) for process in processes) - daemons_before
+                )
+                result["pluginsCpu"] = children_cpu() - plugins_before
+                results[f"{label}-{parallel}"] = result
 
         env = {"PATH": "/usr/bin:/bin", "CNI_COMMAND": "VERSION"}
-        python_start = time_command([sys.executable, "-I", "-S", "-c", "pass"], 30, env)
+        # The same interpreter that the installed shim's shebang names.
+        shim_python = shim.read_text().split("\n", 1)[0].removeprefix("#!").split()[0]
+        python_start = time_command([shim_python, "-I", "-S", "-c", "pass"], 30, env)
         shim_start = time_command([str(shim)], 30, env)
     finally:
         for process in processes:
@@ -277,7 +299,7 @@ def main() -> int:
             subprocess.run(["ip", "link", "del", name], capture_output=True, check=False)
         shutil.rmtree(work, ignore_errors=True)
 
-    report = render(results, python_start, shim_start, args.pods)
+    report = render(results, (shim_python, python_start), shim_start, args.pods)
     print(report)
     if args.write_docs:
         write_docs(report)
@@ -285,8 +307,12 @@ def main() -> int:
 
 
 def render(
-    results: dict[str, dict[str, object]], python_start: float, shim_start: float, pods: int
+    results: dict[str, dict[str, object]],
+    python: tuple[str, float],
+    shim_start: float,
+    pods: int,
 ) -> str:
+    shim_python, python_start = python
     lines = [
         SECTION,
         "",
@@ -305,6 +331,22 @@ def render(
             f"| {parallel} at a time | {ref:.2f} | {ours:.2f} | {ours / ref:.2f}x | "
             f"{pods / ref:.1f} | {pods / ours:.1f} |"
         )
+    lines += [
+        "",
+        "CPU time per pod (ADD and DEL), in ms: the plugin processes that the runtime execs "
+        "(leasewire's shim; bridge and host-local), and leasewire's two daemons:",
+        "",
+        "| mode | reference plugins | leasewire shim | leasewire node daemon + ipamd |",
+        "| --- | --- | --- | --- |",
+    ]
+    for parallel in (1, 8):
+        ref_cpu = float(results[f"reference-{parallel}"]["pluginsCpu"])  # type: ignore[arg-type]
+        shim_cpu = float(results[f"leasewire-{parallel}"]["pluginsCpu"])  # type: ignore[arg-type]
+        daemons_cpu = float(results[f"leasewire-{parallel}"]["daemonsCpu"])  # type: ignore[arg-type]
+        lines.append(
+            f"| {parallel} at a time | {ref_cpu * 1000 / pods:.1f} | {shim_cpu * 1000 / pods:.1f} "
+            f"| {daemons_cpu * 1000 / pods:.1f} |"
+        )
     lines += ["", "leasewire time by stage, summed over all ADD and DEL calls, one at a time:", ""]
     stages = results["leasewire-1"]["stages"]
     assert isinstance(stages, dict)
@@ -322,7 +364,7 @@ def render(
         f"| netlink (driver) | {stages['netlink']:.2f} | {stages['netlink'] / wall:.0%} |",
         "",
         f"Shim start (VERSION, median of 30): {shim_start * 1000:.1f} ms against "
-        f"{python_start * 1000:.1f} ms for `python3 -I -S -c pass` "
+        f"{python_start * 1000:.1f} ms for `{shim_python} -I -S -c pass` "
         f"({shim_start / python_start:.2f}x).",
         "",
         END_OF_OUTPUT,

@@ -156,6 +156,12 @@ def _add_install_cni(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     parser.add_argument("--socket", default=None, help="node daemon socket, if not the default")
     parser.add_argument(
+        "--python",
+        default=None,
+        help="Python 3.11+ that runs the shim (default: /usr/bin/python3 if it is 3.11+, "
+        "else the Python running this command)",
+    )
+    parser.add_argument(
         "--conf-name",
         default=None,
         help="file name of the conflist (default: 10-NETWORK.conflist, which sorts early)",

@@ -13,6 +13,7 @@ import pytest
 
 import leasewire.cni
 from leasewire.cli import main as cli_main
+from leasewire.cni.install import HOST_PYTHON, default_interpreter, python_version
 from leasewire.cni.shimbuild import source_of
 from leasewire.durable import write_atomically
 
@@ -47,9 +48,34 @@ def test_install_writes_executable_shim(tmp_path: Path) -> None:
     shim = tmp_path / "bin" / "leasewire"
     assert stat.S_IMODE(shim.stat().st_mode) == 0o755
     first_line, rest = shim.read_text().split("\n", 1)
-    assert first_line == f"#!{sys.executable} -IS"
+    assert first_line == f"#!{default_interpreter()} -IS"
     assert source_of(rest) == SHIM_SOURCE.read_text()
     assert str(shim) in result.stdout
+
+
+def test_install_prefers_host_python(tmp_path: Path) -> None:
+    host = python_version(HOST_PYTHON)
+    expected = HOST_PYTHON if host is not None and host >= (3, 11) else sys.executable
+
+    assert default_interpreter() == expected
+
+
+def test_install_uses_given_python(tmp_path: Path) -> None:
+    result = install_cni(tmp_path, "--python", sys.executable)
+
+    assert result.returncode == 0, result.stderr
+    first_line = (tmp_path / "bin" / "leasewire").read_text().split("\n", 1)[0]
+    assert first_line == f"#!{sys.executable} -IS"
+    assert f"runs {sys.executable}" in result.stdout
+
+
+def test_install_rejects_broken_python(tmp_path: Path) -> None:
+    result = install_cni(tmp_path, "--python", "/bin/false")
+
+    assert result.returncode == 1
+    assert "invalid interpreter /bin/false" in result.stderr
+    assert "--python" in result.stderr
+    assert not (tmp_path / "bin" / "leasewire").exists()
 
 
 def test_install_writes_default_conflist(tmp_path: Path) -> None:
