@@ -257,6 +257,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # Alembic logs one INFO line per built-in plugin on its first import,
+    # which can come before leasewire.ipamd.db quiets it.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
     module_name, _, function_name = args.handler.partition(":")
     handler = getattr(importlib.import_module(module_name), function_name)

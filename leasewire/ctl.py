@@ -36,6 +36,12 @@ def request(
     body: object = None,
 ) -> Any:
     """Send one request to ipamd and return the decoded JSON answer. Raises CtlError."""
+    if urllib.parse.urlsplit(base_url).scheme not in ("http", "https"):
+        raise CtlError(
+            f"invalid --ipamd {base_url!r}: give a URL with its scheme, "
+            f"e.g. http://{base_url.split('://')[-1] or '127.0.0.1:8470'}",
+            status=2,
+        )
     url = base_url.rstrip("/") + path
     if query:
         url += "?" + urllib.parse.urlencode(query)
@@ -76,7 +82,7 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> st
 
 
 def _pool_rows(pools: list[dict[str, Any]]) -> str:
-    headers = ("NAME", "CIDR", "GATEWAY", "SCOPE", "PRIO", "SIZE", "ALLOCATED", "FREE")
+    headers = ("NAME", "CIDR", "GATEWAY", "SCOPE", "PRIO", "SIZE", "ALLOCATED", "COOLING", "FREE")
     rows = [
         (
             pool["name"],
@@ -86,6 +92,7 @@ def _pool_rows(pools: list[dict[str, Any]]) -> str:
             pool.get("priority", 0),
             pool["size"],
             pool["allocated"],
+            pool.get("cooling", 0),
             pool["free"],
         )
         for pool in pools

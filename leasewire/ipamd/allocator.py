@@ -209,7 +209,15 @@ def build_layout(
     try:
         network = parse_network(cidr)
     except ValueError as error:
-        raise InvalidPool("cidr", cidr, f"not a valid CIDR without host bits ({error})") from None
+        try:
+            loose = parse_network(cidr, strict=False)
+        except ValueError:
+            raise InvalidPool(
+                "cidr", cidr, f"not a valid CIDR such as 10.0.0.0/24 or fd00::/64 ({error})"
+            ) from None
+        raise InvalidPool(
+            "cidr", cidr, f"host bits are set; give the network address, e.g. {loose}"
+        ) from None
 
     gateway_address = None
     if gateway is not None:

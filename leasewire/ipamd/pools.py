@@ -11,7 +11,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import delete, func, select, text
+from sqlalchemy import delete, func, or_, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -26,7 +26,7 @@ from leasewire.ipamd.errors import (
     PoolShrinkConflict,
 )
 from leasewire.ipamd.leases import holder_details, holder_name
-from leasewire.ipamd.models import BLOCKING_SQL, HELD_SQL, Lease, Pool, utcnow
+from leasewire.ipamd.models import HELD_SQL, Lease, Pool, utcnow
 from leasewire.ipamd.poolspec import (
     CanonicalSpec,
     canonical_spec,
@@ -85,12 +85,20 @@ async def read_pools(session: AsyncSession) -> Sequence[Pool]:
 
 
 async def count_leases(session: AsyncSession, pool_ids: Sequence[int]) -> dict[int, PoolCounts]:
-    """Count the pending, bound and cooling leases of each pool in ``pool_ids``."""
+    """Count the pending, bound and cooling leases of each pool in ``pool_ids``.
+
+    A released lease counts as cooling only until its cooldown ends. The sweep
+    clears ended cooldowns a few seconds later, but the allocator already
+    reclaims such an address when it needs it.
+    """
     if not pool_ids:
         return {}
     statement = (
         select(Lease.pool_id, Lease.state, func.count())
-        .where(Lease.pool_id.in_(pool_ids), text(BLOCKING_SQL))
+        .where(
+            Lease.pool_id.in_(pool_ids),
+            or_(text(HELD_SQL), Lease.cooldown_until > utcnow()),
+        )
         .group_by(Lease.pool_id, Lease.state)
     )
     raw: dict[int, dict[str, int]] = {pool_id: {} for pool_id in pool_ids}
@@ -203,7 +211,8 @@ async def create_pool(session: AsyncSession, name: str, spec: PoolSpec) -> tuple
     if _stored_spec(existing) != canonical:
         raise PoolExists(
             f"pool {name!r} already exists with a different spec (cidr {existing.cidr}, "
-            f"gateway {existing.gateway}, ranges {existing.ranges}, exclude {existing.excludes}); "
+            f"gateway {existing.gateway or 'none'}, ranges {existing.ranges}, "
+            f"exclude {existing.excludes}); "
             "change it with PUT /v1/pools/NAME, or delete it first, or choose another name",
             {"pool": name},
         )

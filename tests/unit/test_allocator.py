@@ -237,6 +237,21 @@ def test_invalid_pool_names_field_and_value(
     assert value in caught.value.message
 
 
+@pytest.mark.parametrize(
+    ("cidr", "hint"),
+    [
+        ("10.40.0.5/24", "give the network address, e.g. 10.40.0.0/24"),
+        ("fd00::5/64", "give the network address, e.g. fd00::/64"),
+        ("10.40.0.0/33", "not a valid CIDR such as 10.0.0.0/24"),
+        ("banana", "not a valid CIDR such as 10.0.0.0/24"),
+    ],
+)
+def test_invalid_cidr_says_what_to_give(cidr: str, hint: str) -> None:
+    with pytest.raises(InvalidPool) as caught:
+        build_layout(cidr=cidr, gateway=None, ranges=[], exclude=[])
+    assert hint in caught.value.message
+
+
 # Why a requested address cannot be leased.
 
 

@@ -76,6 +76,7 @@ async def test_pool_and_lease_commands(ipamd_url: str, capsys: pytest.CaptureFix
         "PRIO",
         "SIZE",
         "ALLOCATED",
+        "COOLING",
         "FREE",
     ]
     assert out.splitlines()[1].split() == [
@@ -85,6 +86,7 @@ async def test_pool_and_lease_commands(ipamd_url: str, capsys: pytest.CaptureFix
         "global",
         "0",
         "5",
+        "0",
         "0",
         "5",
     ]
@@ -124,3 +126,11 @@ async def test_unreachable_ipamd(capsys: pytest.CaptureFixture[str]) -> None:
     status, _, err = await run(capsys, "pool", "list", "--ipamd", "http://127.0.0.1:9")
     assert status == 2
     assert "not reachable" in err
+
+
+async def test_ipamd_url_without_scheme(capsys: pytest.CaptureFixture[str]) -> None:
+    status, _, err = await run(capsys, "pool", "list", "--ipamd", "127.0.0.1:8470")
+
+    assert status == 2
+    assert "invalid --ipamd '127.0.0.1:8470'" in err
+    assert "http://127.0.0.1:8470" in err

@@ -138,6 +138,9 @@ async def test_cooldown_blocks_reuse_until_it_ends(client: Client) -> None:
     assert (await allocate(client, "c", status=409, pool="p"))["code"] == "pool_exhausted"
 
     await expire_all(client)
+    # An ended cooldown no longer counts, even before the sweep clears it.
+    pool = PoolView.model_validate(await (await client.get("/v1/pools/p")).json())
+    assert (pool.allocated, pool.cooling, pool.free) == (1, 0, 1)
     _expired, cooled, _deleted = await sweep(client.app)
     assert cooled == 1
     assert (await allocate(client, "c", pool="p"))["address"] == first["address"]
