@@ -55,6 +55,7 @@ from leasewire.drivers.base import (
     PodAddress,
 )
 from leasewire.drivers.bridge_options import BridgeOptions, parse_options, vlan_link_name
+from leasewire.drivers.bridge_vlan import check_port_vlan
 from leasewire.drivers.netlink import (
     Message,
     Netns,
@@ -200,6 +201,8 @@ class BridgeDriver(Driver):
                 )
             if not is_up(bridge):
                 raise CheckFailedError(f"bridge {options.bridge!r} is down")
+            if options.vlan is not None:
+                await check_port_vlan(ipr, bridge=bridge, port=host, vlan=options.vlan)
 
         async with open_netns(request.netns) as pod:
             await check_pod_link(

@@ -4,7 +4,7 @@ The VM runs Debian's kernel (extracted by scripts/setup.sh into
 LEASEWIRE_VM_KERNEL_ROOT, default /opt/leasewire/vm-kernel/root) under QEMU's
 software emulation, through virtme-ng, which shares the host's file system
 read-only, so the guest uses the project's venv as it is. QEMU emulates an
-Intel 82576 (igb) with SR-IOV. The guest script tests/vm/guest.py writes one
+Intel 82576 (igb) with SR-IOV. The guest module tests/vm/guest.py writes one
 result per check into a directory shared read-write with the VM.
 """
 
@@ -24,7 +24,6 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-GUEST = Path(__file__).with_name("guest.py")
 KERNEL_ROOT = Path(os.environ.get("LEASEWIRE_VM_KERNEL_ROOT", "/opt/leasewire/vm-kernel/root"))
 VNG = Path(sys.executable).with_name("vng")
 BOOT_TIMEOUT_SECONDS = 540
@@ -52,7 +51,12 @@ def vm_results() -> Iterator[dict[str, Any]]:
     shared = Path(tempfile.mkdtemp(prefix="lwt-vm-"))
     results = shared / "results.json"
     guest_log = shared / "guest.log"
-    command = f"cd {REPO} && {sys.executable} {GUEST} {results} {KERNEL_ROOT} > {guest_log} 2>&1"
+    # As a module from the repository root, so that the guest imports the test helpers as
+    # tests.vm and tests.integration.
+    command = (
+        f"cd {REPO} && {sys.executable} -m tests.vm.guest {results} {KERNEL_ROOT}"
+        f" > {guest_log} 2>&1"
+    )
     env = {**os.environ, "PATH": f"{VNG.parent}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
     started = time.monotonic()
     try:

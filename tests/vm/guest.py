@@ -1,7 +1,8 @@
 """Driver checks that run inside the test VM, where the kernel has ipvlan, 8021q,
 bridge VLAN filtering and an SR-IOV NIC (QEMU's igb, an Intel 82576).
 
-Run as ``python guest.py RESULTS_JSON KERNEL_ROOT``: it loads the modules from
+Run as ``python -m tests.vm.guest RESULTS_JSON KERNEL_ROOT`` from the repository
+root: it loads the modules from
 KERNEL_ROOT, runs every check, and writes one result per check,
 ``{name: {"ok": bool, "detail": str}}``, for the host-side tests to assert on.
 A check that raises is recorded as failed with its traceback, and the next
@@ -29,6 +30,8 @@ from pathlib import Path
 
 from leasewire.drivers.base import (
     AttachRequest,
+    CheckFailedError,
+    CheckRequest,
     DetachRequest,
     DeviceInUseError,
     DriverError,
@@ -36,41 +39,13 @@ from leasewire.drivers.base import (
 )
 from leasewire.drivers.bridge import BridgeDriver
 from leasewire.drivers.ipvlan import IpvlanDriver
+from leasewire.drivers.netlink import host_veth_name
 from leasewire.drivers.sriov import SriovDriver
+from tests.vm.guest_common import CheckError, expect, netns, ping, sh
+from tests.vm.guest_shim import check_shim_ipvlan, start_daemons_early
 
 MODULES = ("igb", "igbvf", "ipvlan", "8021q", "bridge")
 results: dict[str, dict[str, object]] = {}
-
-
-class CheckError(AssertionError):
-    pass
-
-
-def sh(*command: str, check: bool = True) -> str:
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-    if check and result.returncode != 0:
-        raise CheckError(f"{' '.join(command)} failed: {result.stderr.strip()}")
-    return result.stdout
-
-
-def netns(name: str) -> str:
-    sh("ip", "netns", "add", name)
-    sh("ip", "-n", name, "link", "set", "lo", "up")
-    return f"/run/netns/{name}"
-
-
-def ping(path: str, address: str) -> bool:
-    result = subprocess.run(
-        ["nsenter", f"--net={path}", "ping", "-n", "-c", "1", "-W", "2", address],
-        capture_output=True,
-        check=False,
-    )
-    return result.returncode == 0
-
-
-def expect(condition: bool, message: str) -> None:
-    if not condition:
-        raise CheckError(message)
 
 
 def request(
@@ -155,7 +130,32 @@ async def check_bridge_vlan() -> str:
     )
     vlans = sh("bridge", "vlan", "show")
     expect(re.search(r"\b10 PVID Egress Untagged", vlans) is not None, vlans)
-    return vlans
+    notes = [vlans]
+
+    # CHECK reads the port's VLAN back: it passes as attach left it, and fails
+    # once the port is moved to VLAN 20 by hand.
+    options: dict[str, object] = {"bridge": bridge, "vlan": 10}
+    attach = request(pods[0], "vlan-0", "10.60.0.10/24", "10.60.0.1", options)
+    check = CheckRequest(
+        container_id=attach.container_id,
+        netns=attach.netns,
+        ifname=attach.ifname,
+        address=attach.address,
+        gateway=attach.gateway,
+        options=options,
+    )
+    await driver.check(check)
+    notes.append("CHECK after attach: passed")
+    port = host_veth_name("vlan-0", "eth0")
+    sh("bridge", "vlan", "del", "dev", port, "vid", "10")
+    sh("bridge", "vlan", "add", "dev", port, "vid", "20", "pvid", "untagged")
+    try:
+        await driver.check(check)
+        raise CheckError(f"CHECK passed with port {port} moved to VLAN 20")
+    except CheckFailedError as error:
+        expect(port in str(error), str(error))
+        notes.append(f"CHECK after the move: {error}")
+    return "\n".join(notes)
 
 
 def igb_pf() -> str:
@@ -317,11 +317,13 @@ async def main(output: Path, kernel_root: str) -> None:
     )
     results["modules"] = {"ok": loaded.returncode == 0, "detail": loaded.stderr}
     results["kernel"] = {"ok": True, "detail": os.uname().release}
+    daemons = start_daemons_early()
     await run("ipvlan_l2", lambda: check_ipvlan("l2"))
     await run("ipvlan_l3", lambda: check_ipvlan("l3"))
     await run("ipvlan_l3s", lambda: check_ipvlan("l3s"))
     await run("bridge_vlan", check_bridge_vlan)
     await run("sriov", check_sriov)
+    await run("shim_ipvlan", lambda: check_shim_ipvlan(daemons))
     output.write_text(json.dumps(results, indent=2))
 
 

@@ -1,10 +1,14 @@
-"""ipvlan, bridge VLANs and SR-IOV on a kernel that has them, inside one VM boot."""
+"""ipvlan, bridge VLANs, SR-IOV and an ipvlan pod through the shim on a kernel that has them,
+inside one VM boot."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
+
+from leasewire.drivers.netlink import host_veth_name
 
 # The first test also waits for the VM's boot and its checks (about 80 s on 2 cores).
 pytestmark = pytest.mark.timeout(600)
@@ -33,6 +37,16 @@ def test_bridge_vlan_port(vm_results: dict[str, Any]) -> None:
     assert "10 PVID Egress Untagged" in detail
 
 
+def test_bridge_check_vlan_moved(vm_results: dict[str, Any]) -> None:
+    detail = assert_check(vm_results, "bridge_vlan")
+    port = host_veth_name("vlan-0", "eth0")
+    assert "CHECK after attach: passed" in detail
+    assert (
+        f"CHECK after the move: bridge port {port!r} has VLAN 20 (PVID, egress untagged), "
+        "expected VLAN 10 (PVID, egress untagged) alone"
+    ) in detail
+
+
 def test_sriov_vf_lifecycle(vm_results: dict[str, Any]) -> None:
     detail = assert_check(vm_results, "sriov")
     assert "vlan 100" in detail
@@ -40,3 +54,13 @@ def test_sriov_vf_lifecycle(vm_results: dict[str, Any]) -> None:
     assert "bound to no driver" in detail
     assert "max_tx_rate 100Mbps" in detail
     assert "link state enable" in detail
+
+
+def test_shim_ipvlan_pod_lifecycle(vm_results: dict[str, Any]) -> None:
+    detail = assert_check(vm_results, "shim_ipvlan")
+    assert re.search(r"^ADD exit 0 in [0-9.]+ s: 10\.80\.0\.\d+/24$", detail, re.MULTILINE)
+    assert "lease bound: 10.80.0." in detail
+    assert "CHECK exit 0" in detail
+    assert "DEL exit 0" in detail
+    assert "eth0 gone" in detail
+    assert "lease released: 10.80.0." in detail
