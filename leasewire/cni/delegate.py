@@ -266,18 +266,33 @@ class LeaseSource(Protocol):
 class DelegatedLeases:
     """Leases of an executable IPAM plugin, with the calls of ipamd's client.
 
-    The ADD journal records the plugin, so a node daemon killed mid-ADD runs the
-    plugin's DEL on restart. NOTE: the journal entry is written after the
-    plugin's ADD returns, so a kill while the plugin runs leaves its allocation
-    until the runtime's DEL.
+    The ADD journal records the plugin before its ADD runs, so a node daemon
+    killed mid-ADD, even while the plugin runs, runs the plugin's DEL on restart.
     """
 
     def __init__(self, plugin: IpamPlugin) -> None:
         self.plugin = plugin
 
     async def create_leases(self, request: LeaseRequest) -> tuple[list[NodeLease], bool]:
-        """Run the plugin's ADD; the allocation counts as this call's, so rollback undoes it."""
-        result = await self.plugin.run(Command.ADD)
+        """Run the plugin's ADD; the allocation counts as this call's, so rollback undoes it.
+
+        A failed ADD may have allocated something, so the plugin's DEL runs
+        before the error is returned, as the CNI specification recommends for a
+        plugin that delegates.
+        """
+        try:
+            result = await self.plugin.run(Command.ADD)
+        except CniError as error:
+            try:
+                await self.plugin.run(Command.DEL)
+            except CniError as cleanup:
+                logger.warning(
+                    "IPAM plugin %r failed DEL after its failed ADD (%s): %s",
+                    self.plugin.type,
+                    error.msg,
+                    cleanup.msg,
+                )
+            raise
         assert result is not None
         return leases_from_result(result, self.plugin, request.owner), True
 

@@ -1,9 +1,10 @@
 """Journal of ADDs in progress, so that a node daemon killed mid-ADD cleans up on restart,
 and the records of finished attachments that spare DEL a request to ipamd.
 
-Before attach, ADD writes one small file per attachment naming the owner,
-netns, driver and options, and, when an executable IPAM plugin allocated the
-addresses, the configuration and CNI variables that the plugin's DEL needs.
+Before leasing, ADD writes one small file per attachment naming the owner and
+netns, and, when an executable IPAM plugin allocates the addresses, the
+configuration and CNI variables that the plugin's DEL needs. Before attach
+it rewrites the file with the driver and its options.
 It removes the file once ADD has succeeded or rolled back. A file found at
 start-up belongs to an ADD that neither finished nor rolled back: the daemon
 detaches it and releases its addresses before it serves again, and the

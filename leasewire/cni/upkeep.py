@@ -191,22 +191,9 @@ async def recover_unfinished_adds(service: CniService) -> int:
     for record in records:
         log = owner_logger(record.owner)
         log.warning("Undoing an ADD that a previous node daemon left unfinished")
-        try:
-            await service.drivers.get(record.driver).detach(
-                DetachRequest(
-                    container_id=record.owner.container_id,
-                    netns=record.netns,
-                    ifname=record.owner.ifname,
-                    options=record.options,
-                )
-            )
-        except (DriverError, LookupError):
-            log.exception(
-                "Failed to detach the unfinished ADD, so its addresses stay allocated "
-                "until the runtime's DEL or the next start of the node daemon"
-            )
-            if record.plugin is None:
-                await _bind_unfinished_lease(service, record, log)
+        # An entry without a driver was written before the leasing, and no
+        # interface exists before the entry names the driver.
+        if record.driver and not await _detach_unfinished(service, record, log):
             continue
         if record.plugin is not None:
             await _release_through_plugin(record, log)
@@ -214,6 +201,28 @@ async def recover_unfinished_adds(service: CniService) -> int:
             await _release_through_ipamd(service, record, log)
         service.journal.end(record.owner)
     return len(records)
+
+
+async def _detach_unfinished(service: CniService, record: AddRecord, log: OwnerLogger) -> bool:
+    """Remove the interface of an unfinished ADD; False when that failed and its lease was kept."""
+    try:
+        await service.drivers.get(record.driver).detach(
+            DetachRequest(
+                container_id=record.owner.container_id,
+                netns=record.netns,
+                ifname=record.owner.ifname,
+                options=record.options,
+            )
+        )
+    except (DriverError, LookupError):
+        log.exception(
+            "Failed to detach the unfinished ADD, so its addresses stay allocated "
+            "until the runtime's DEL or the next start of the node daemon"
+        )
+        if record.plugin is None:
+            await _bind_unfinished_lease(service, record, log)
+        return False
+    return True
 
 
 async def _bind_unfinished_lease(service: CniService, record: AddRecord, log: OwnerLogger) -> None:

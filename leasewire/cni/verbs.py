@@ -327,21 +327,38 @@ class CniService:
                         "an earlier release of this attachment is still queued for ipamd",
                     )
 
-            leases, created = await leaser.create_leases(
-                LeaseRequest(
+            # Written before anything is leased, so that a daemon killed from here
+            # on releases at its next start what the leasing took. The driver is
+            # unknown yet, and no interface exists before the entry names it.
+            self.journal.begin(
+                AddRecord(
                     owner=owner,
-                    pod=PodRef(
-                        namespace=env.args.get("K8S_POD_NAMESPACE", ""),
-                        name=env.args.get("K8S_POD_NAME", ""),
-                        uid=env.args.get("K8S_POD_UID", ""),
-                    ),
-                    node=self.node,
                     network=config.name,
-                    pools=config.pools,
-                    addresses=tuple(str(address) for address in addresses),
-                    mac=mac,
+                    netns=env.netns,
+                    driver="",
+                    options={},
+                    plugin=plugin.journal_entry() if plugin is not None else None,
                 )
             )
+            try:
+                leases, created = await leaser.create_leases(
+                    LeaseRequest(
+                        owner=owner,
+                        pod=PodRef(
+                            namespace=env.args.get("K8S_POD_NAMESPACE", ""),
+                            name=env.args.get("K8S_POD_NAME", ""),
+                            uid=env.args.get("K8S_POD_UID", ""),
+                        ),
+                        node=self.node,
+                        network=config.name,
+                        pools=config.pools,
+                        addresses=tuple(str(address) for address in addresses),
+                        mac=mac,
+                    )
+                )
+            except BaseException:
+                self.journal.end(owner)
+                raise
             log.info(
                 "Leased %s (%s)",
                 ", ".join(f"{lease.address} from pool {lease.pool}" for lease in leases),

@@ -4,7 +4,9 @@ plugin when that allocated them, and keeps ipamd's lease bound while the
 interface cannot be removed.
 
 The ADD is paused inside the attach driver by a third-party driver (the bridge
-driver plus a wait), installed with pip from tests/fixtures/stall-driver.
+driver plus a wait), installed with pip from tests/fixtures/stall-driver, or
+inside the IPAM plugin by a shell wrapper around host-local that delays or
+fails its ADD.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ def allocations(data_dir: Path) -> list[str]:
 
 
 async def run_shim(
-    command: str, container_id: str, netns: str, config: dict[str, Any]
+    command: str, container_id: str, netns: str, config: dict[str, Any], cni_path: str = CNI_PATH
 ) -> ShimOutput:
     env = {
         "PATH": "/usr/bin:/bin",
@@ -66,7 +68,7 @@ async def run_shim(
         "CNI_NETNS": netns,
         "CNI_IFNAME": "eth0",
         "CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=recovery",
-        "CNI_PATH": CNI_PATH,
+        "CNI_PATH": cni_path,
     }
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -215,3 +217,122 @@ async def test_killed_add_with_stuck_interface_keeps_lease(
     assert deleted.exit_code == 0, deleted
     assert not link_exists(veth)
     assert held(ipamd, pool, "pod-stuck") == []
+
+
+def wrapped_host_local(directory: Path, hold: Path, fail: Path) -> Path:
+    """Write an IPAM plugin that runs host-local, then on ADD waits while ``hold``
+    exists and fails when ``fail`` exists; return its directory, for CNI_PATH."""
+    directory.mkdir()
+    plugin = directory / "held-host-local"
+    plugin.write_text(
+        "#!/bin/sh\n"
+        "input=$(cat)\n"
+        f"output=$(printf '%s' \"$input\" | {CNI_PATH}/host-local)\n"
+        "status=$?\n"
+        'if [ "$CNI_COMMAND" = ADD ]; then\n'
+        f"  while [ -e {hold} ]; do sleep 0.05; done\n"
+        f"  if [ -e {fail} ]; then\n"
+        '    echo \'{"cniVersion": "1.0.0", "code": 999, "msg": "made to fail"}\'\n'
+        "    exit 1\n"
+        "  fi\n"
+        "fi\n"
+        "printf '%s' \"$output\"\n"
+        "exit $status\n"
+    )
+    plugin.chmod(0o755)
+    return directory
+
+
+def held_plugin_config(directory: Path, bridge_name: str, data_dir: Path) -> dict[str, Any]:
+    return {
+        "cniVersion": "1.0.0",
+        "name": "recoverynet",
+        "type": "leasewire",
+        "driver": "bridge",
+        "bridge": bridge_name,
+        "socket": str(directory / "node.sock"),
+        "ipam": {
+            "type": "held-host-local",
+            "subnet": str(free_cidr()),
+            "dataDir": str(data_dir),
+        },
+    }
+
+
+async def test_killed_while_plugin_runs_releases_allocation(
+    session_dir: Path,
+    ipamd: Ipamd,
+    bridge_name: str,
+    make_netns: Callable[[], str],
+    tmp_path: Path,
+) -> None:
+    directory = session_dir / unique_name("recovery-")
+    directory.mkdir()
+    data_dir = tmp_path / "host-local"
+    hold = tmp_path / "hold"
+    hold.touch()
+    plugins = wrapped_host_local(tmp_path / "plugins", hold, tmp_path / "fail")
+    cni_path = f"{plugins}:{CNI_PATH}"
+    netns = f"/run/netns/{make_netns()}"
+    config = held_plugin_config(directory, bridge_name, data_dir)
+
+    _, process = start_node_daemon(directory, ipamd.url, cluster=CLUSTER, node_name=NODE)
+    try:
+        add = asyncio.create_task(run_shim("ADD", "pod-held", netns, config, cni_path))
+        # host-local has allocated, and the wrapper delays its result.
+        await wait_until(lambda: len(allocations(data_dir)) == 1, "host-local's allocation")
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+        killed = await add
+    finally:
+        stop(process)
+    hold.unlink()
+
+    _, process = await asyncio.to_thread(
+        start_node_daemon, directory, ipamd.url, cluster=CLUSTER, node_name=NODE
+    )
+    try:
+        # The restarted daemon ran the plugin's DEL before serving.
+        left = allocations(data_dir)
+        journaled = list((directory / "state" / JOURNAL_DIRECTORY).glob("*.json"))
+        retried = await run_shim("ADD", "pod-held", netns, config, cni_path)
+        deleted = await run_shim("DEL", "pod-held", netns, config, cni_path)
+    finally:
+        stop(process)
+
+    assert killed.exit_code != 0
+    assert left == []
+    assert journaled == []
+    assert retried.exit_code == 0, retried
+    assert deleted.exit_code == 0, deleted
+    assert allocations(data_dir) == []
+
+
+async def test_failed_plugin_add_runs_plugin_del(
+    session_dir: Path,
+    ipamd: Ipamd,
+    bridge_name: str,
+    make_netns: Callable[[], str],
+    tmp_path: Path,
+) -> None:
+    directory = session_dir / unique_name("recovery-")
+    directory.mkdir()
+    data_dir = tmp_path / "host-local"
+    fail = tmp_path / "fail"
+    fail.touch()
+    plugins = wrapped_host_local(tmp_path / "plugins", tmp_path / "hold", fail)
+    netns = f"/run/netns/{make_netns()}"
+    config = held_plugin_config(directory, bridge_name, data_dir)
+
+    _, process = start_node_daemon(directory, ipamd.url, cluster=CLUSTER, node_name=NODE)
+    try:
+        failed = await run_shim("ADD", "pod-fail", netns, config, f"{plugins}:{CNI_PATH}")
+        journaled = list((directory / "state" / JOURNAL_DIRECTORY).glob("*.json"))
+    finally:
+        stop(process)
+
+    assert failed.exit_code != 0
+    assert "made to fail" in failed.stdout
+    # No runtime DEL yet: the node daemon ran the plugin's DEL itself.
+    assert allocations(data_dir) == []
+    assert journaled == []
