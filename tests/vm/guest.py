@@ -2,14 +2,15 @@
 bridge VLAN filtering and an SR-IOV NIC (QEMU's igb, an Intel 82576).
 
 Run as ``python -m tests.vm.guest RESULTS_JSON KERNEL_ROOT`` from the repository
-root: it loads the modules from
-KERNEL_ROOT, runs every check, and writes one result per check,
-``{name: {"ok": bool, "detail": str}}``, for the host-side tests to assert on.
+root. It loads the modules from KERNEL_ROOT, runs every check, and writes one
+result per check, ``{name: {"ok": bool, "detail": str}}``, for the host-side
+tests to assert on.
 A check that raises is recorded as failed with its traceback, and the next
 check still runs.
 
-The checks run one after another and nothing else shares the event loop, so
-blocking file and process calls inside the async checks are fine here.
+The checks run one after another, so blocking file and process calls inside
+the async checks are fine here. Only the daemons of the last check start
+earlier, from worker threads, while the other checks run.
 """
 
 # ruff: noqa: ASYNC221, ASYNC240, ASYNC251
@@ -132,8 +133,8 @@ async def check_bridge_vlan() -> str:
     expect(re.search(r"\b10 PVID Egress Untagged", vlans) is not None, vlans)
     notes = [vlans]
 
-    # CHECK reads the port's VLAN back: it passes as attach left it, and fails
-    # once the port is moved to VLAN 20 by hand.
+    # CHECK reads the port's VLAN back. It passes as attach left it and fails
+    # once the port is moved to VLAN 20 by hand, or VLAN filtering is turned off.
     options: dict[str, object] = {"bridge": bridge, "vlan": 10}
     attach = request(pods[0], "vlan-0", "10.60.0.10/24", "10.60.0.1", options)
     check = CheckRequest(
@@ -155,6 +156,12 @@ async def check_bridge_vlan() -> str:
     except CheckFailedError as error:
         expect(port in str(error), str(error))
         notes.append(f"CHECK after the move: {error}")
+    sh("ip", "link", "set", bridge, "type", "bridge", "vlan_filtering", "0")
+    try:
+        await driver.check(check)
+        raise CheckError(f"CHECK passed with VLAN filtering off on bridge {bridge}")
+    except CheckFailedError as error:
+        notes.append(f"CHECK without VLAN filtering: {error}")
     return "\n".join(notes)
 
 
