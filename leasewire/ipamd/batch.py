@@ -244,10 +244,11 @@ async def in_transaction(
 
     On a SQLite file the work runs on the allocation writer's thread, like an
     allocation batch and for the same reason. Measured by a client, a lease
-    confirm or release takes about 2 ms there and about 3 ms through aiosqlite. ``work`` must then
-    call only the session methods that ThreadSession offers, and must build
-    its answer before it returns, because the session closes with the
-    transaction. Elsewhere it runs in an ordinary transaction of the event loop.
+    confirm or release takes about 2 ms there and about 3 ms through
+    aiosqlite. ``work`` must then call only the session methods that
+    ThreadSession offers, and must build its result before it returns,
+    because the session closes with the transaction. Elsewhere it runs in an
+    ordinary transaction of the event loop.
     """
     thread = app[WRITER].thread
     if thread is None:

@@ -8,6 +8,7 @@ own network namespaces, all removed afterwards, even when the test fails.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import os
@@ -205,6 +206,40 @@ class ShimOutput:
     @property
     def json(self) -> Any:
         return json.loads(self.stdout)
+
+
+async def exec_shim(
+    command: str,
+    container_id: str,
+    netns: str,
+    config: Mapping[str, object],
+    *,
+    pod_name: str,
+    cni_path: str = "/opt/cni/bin",
+) -> ShimOutput:
+    """Exec the real shim once without blocking the event loop, as a runtime does."""
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "CNI_COMMAND": command,
+        "CNI_CONTAINERID": container_id,
+        "CNI_NETNS": netns,
+        "CNI_IFNAME": "eth0",
+        "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod_name}",
+        "CNI_PATH": cni_path,
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-I",
+        "-S",
+        str(SHIM),
+        env=env,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(json.dumps(config).encode()), 60)
+    assert process.returncode is not None
+    return ShimOutput(process.returncode, stdout.decode(), stderr.decode())
 
 
 @dataclass

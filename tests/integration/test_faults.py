@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -30,9 +29,9 @@ from leasewire.drivers.registry import DriverSet
 from .conftest import (
     CLUSTER,
     NODE,
-    SHIM,
     Pool,
     ShimOutput,
+    exec_shim,
     free_cidr,
     ip,
     link_exists,
@@ -64,28 +63,7 @@ async def run_shim(
         "socket": str(socket_path),
         **(extra or {}),
     }
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "CNI_COMMAND": command,
-        "CNI_CONTAINERID": container_id,
-        "CNI_NETNS": netns,
-        "CNI_IFNAME": "eth0",
-        "CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=fault",
-        "CNI_PATH": "/opt/cni/bin",
-    }
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-I",
-        "-S",
-        str(SHIM),
-        env=env,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    stdout, stderr = await asyncio.wait_for(process.communicate(json.dumps(config).encode()), 60)
-    assert process.returncode is not None
-    return ShimOutput(process.returncode, stdout.decode(), stderr.decode())
+    return await exec_shim(command, container_id, netns, config, pod_name="fault")
 
 
 def make_pool(ipamd: Ipamd) -> Pool:

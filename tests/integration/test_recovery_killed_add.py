@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import json
 import os
 import signal
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,16 @@ import pytest
 from leasewire.cni.journal import JOURNAL_DIRECTORY
 from leasewire.drivers.netlink import host_veth_name
 
-from .conftest import CLUSTER, NODE, SHIM, ShimOutput, free_cidr, ip, link_exists, unique_name
+from .conftest import (
+    CLUSTER,
+    NODE,
+    ShimOutput,
+    exec_shim,
+    free_cidr,
+    ip,
+    link_exists,
+    unique_name,
+)
 from .daemons import Ipamd, install_fixture_driver, start_node_daemon, stop
 from .test_faults import bound, held, make_pool, wait_until
 
@@ -61,28 +68,9 @@ def allocations(data_dir: Path) -> list[str]:
 async def run_shim(
     command: str, container_id: str, netns: str, config: dict[str, Any], cni_path: str = CNI_PATH
 ) -> ShimOutput:
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "CNI_COMMAND": command,
-        "CNI_CONTAINERID": container_id,
-        "CNI_NETNS": netns,
-        "CNI_IFNAME": "eth0",
-        "CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=recovery",
-        "CNI_PATH": cni_path,
-    }
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-I",
-        "-S",
-        str(SHIM),
-        env=env,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+    return await exec_shim(
+        command, container_id, netns, config, pod_name="recovery", cni_path=cni_path
     )
-    stdout, stderr = await asyncio.wait_for(process.communicate(json.dumps(config).encode()), 60)
-    assert process.returncode is not None
-    return ShimOutput(process.returncode, stdout.decode(), stderr.decode())
 
 
 def daemon_env(stall_site: Path) -> dict[str, str]:
@@ -93,17 +81,26 @@ def daemon_env(stall_site: Path) -> dict[str, str]:
 async def kill_mid_add(
     directory: Path,
     ipamd: Ipamd,
-    env: dict[str, str],
+    env: dict[str, str] | None,
     netns: str,
     config: dict[str, Any],
     container_id: str,
+    *,
+    paused: tuple[Callable[[], bool], str] | None = None,
+    cni_path: str = CNI_PATH,
 ) -> ShimOutput:
-    """Start a node daemon, kill it while the driver pauses ADD, and return the shim's output."""
+    """Start a node daemon, kill it once ADD is ``paused``, and return the shim's output.
+
+    ``paused`` is a check and its description. By default it waits for the
+    veth, because the stall driver pauses ADD once the pod is wired.
+    """
+    if paused is None:
+        veth = host_veth_name(container_id, "eth0")
+        paused = (lambda: link_exists(veth), "the veth")
     _, process = start_node_daemon(directory, ipamd.url, cluster=CLUSTER, node_name=NODE, env=env)
     try:
-        add = asyncio.create_task(run_shim("ADD", container_id, netns, config))
-        # The driver pauses ADD once the pod is wired, after the addresses were allocated.
-        await wait_until(lambda: link_exists(host_veth_name(container_id, "eth0")), "the veth")
+        add = asyncio.create_task(run_shim("ADD", container_id, netns, config, cni_path))
+        await wait_until(*paused)
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=10)
         return await add
@@ -276,16 +273,11 @@ async def test_killed_while_plugin_runs_releases_allocation(
     netns = f"/run/netns/{make_netns()}"
     config = held_plugin_config(directory, bridge_name, data_dir)
 
-    _, process = start_node_daemon(directory, ipamd.url, cluster=CLUSTER, node_name=NODE)
-    try:
-        add = asyncio.create_task(run_shim("ADD", "pod-held", netns, config, cni_path))
-        # host-local has allocated, and the wrapper delays its result.
-        await wait_until(lambda: len(allocations(data_dir)) == 1, "host-local's allocation")
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=10)
-        killed = await add
-    finally:
-        stop(process)
+    # host-local has allocated once an address file exists, and the wrapper delays its result.
+    allocated = (lambda: len(allocations(data_dir)) == 1, "host-local's allocation")
+    killed = await kill_mid_add(
+        directory, ipamd, None, netns, config, "pod-held", paused=allocated, cni_path=cni_path
+    )
     hold.unlink()
 
     _, process = await asyncio.to_thread(

@@ -37,10 +37,10 @@ class V6Pool:
 @pytest.fixture
 def v6_pool(ipamd: Ipamd) -> Iterator[V6Pool]:
     """An IPv6 pool in a random unique local /64 that no route on the host overlaps."""
-    taken = _host_ipv6_networks()
+    host_networks = _host_ipv6_networks()
     for _ in range(20):
         cidr = ipaddress.IPv6Network(f"fd{secrets.token_hex(1)}:{secrets.token_hex(2)}::/64")
-        if any(cidr.overlaps(network) for network in taken):
+        if any(cidr.overlaps(network) for network in host_networks):
             continue
         name = unique_name("pool-")
         gateway = cidr.network_address + 1
@@ -101,9 +101,9 @@ def test_dual_stack_static_addresses(
     assert added.exit_code == 0, added
     addresses = [item["address"] for item in added.json["ips"]]
     assert addresses == [f"{v4_address}/24", f"{v6_address}/64"]
-    shown = ip("-n", namespace, "-o", "addr", "show", "dev", "eth0").stdout
-    assert f"{v4_address}/24" in shown
-    assert f"{v6_address}/64" in shown
+    pod_addresses = ip("-n", namespace, "-o", "addr", "show", "dev", "eth0").stdout
+    assert f"{v4_address}/24" in pod_addresses
+    assert f"{v6_address}/64" in pod_addresses
     assert ping_until("-I", network.bridge, str(v4_address)).returncode == 0
     assert ping_until("-6", "-I", network.bridge, str(v6_address)).returncode == 0
 
@@ -127,8 +127,8 @@ def test_dual_stack_static_addresses(
     # A taken IPv6 address fails the whole ADD: no IPv4 lease, no interface.
     loser = make_netns()
     free_v4 = v4.cidr.network_address + 52
-    taken = dual_config(network, v6_pool, runtimeConfig={"ips": [str(free_v4), str(v6_address)]})
-    rejected = network.run("ADD", "pod-loser", f"/run/netns/{loser}", config=taken)
+    clashing = dual_config(network, v6_pool, runtimeConfig={"ips": [str(free_v4), str(v6_address)]})
+    rejected = network.run("ADD", "pod-loser", f"/run/netns/{loser}", config=clashing)
     assert rejected.exit_code != 0
     error = json.loads(rejected.stdout)
     assert error["code"] == 100

@@ -187,7 +187,7 @@ async def test_selection_with_addresses(client: Client) -> None:
     assert [item["pool"] for item in answer["leases"]] == ["v4", "v6"]
     assert [item["address"] for item in answer["leases"]] == ["10.70.0.50/24", "fd00:70::5/64"]
 
-    # Asking for another address of a family the owner already holds is rejected.
+    # A request for another address in a family where the owner has a lease is rejected.
     other = await allocate(client, "a", status=409, addresses=["10.70.0.50", "fd00:70::6"])
     assert other["code"] == "owner_holds_other_address"
     assert await held(client, "a") == ["10.70.0.50/24", "fd00:70::5/64"]
