@@ -120,3 +120,25 @@ def put(stack: Stack, path: str, body: dict[str, object]) -> None:
     """PUT ``body`` to ipamd at ``path`` and assert that it was stored."""
     status, payload = stack.ipamd.request("PUT", path, body)
     assert status in (200, 201), payload
+
+
+def macvlan_profile_network(
+    stack: Stack, master: str, *, network: str, cidr: str, gateway: str
+) -> dict[str, object]:
+    """Create a pool and a macvlan attach profile for the stack's node on ``master``.
+
+    Returns a conflist of ``network`` that names the pool but no driver, so
+    that the node's attach profile picks the driver.
+    """
+    pool = f"pool-{os.urandom(4).hex()}"
+    status, payload = stack.ipamd.request(
+        "POST", "/v1/pools", {"name": pool, "cidr": cidr, "gateway": gateway}
+    )
+    assert status == 201, payload
+    put(stack, f"/v1/nodes/{stack.node_name}", {"cluster": CLUSTER, "labels": {"wire": "open-l2"}})
+    put(
+        stack,
+        "/v1/attach-profiles/open-l2",
+        {"nodeSelector": {"wire": "open-l2"}, "driver": "macvlan", "options": {"master": master}},
+    )
+    return {"cniVersion": "1.0.0", "name": network, "type": "leasewire", "pool": pool}

@@ -20,8 +20,8 @@ from leasewire.cni.ipamclient import AttachView
 from leasewire.cni.profilecache import PROFILES_FILE, ProfileCache
 from leasewire.cni.releasequeue import QUEUE_FILE
 
-from .conftest import ROOT_ONLY, Namespaces, in_netns, unique_name
-from .stack import CLUSTER, Stack, put, running_stack
+from .conftest import ROOT_ONLY, Namespaces, in_netns
+from .stack import Stack, macvlan_profile_network, running_stack
 
 # See stack.py: pytest and mypy name the integration package differently.
 if TYPE_CHECKING:
@@ -59,24 +59,10 @@ def wait_until(check: Callable[[], bool], description: str, seconds: float) -> N
 
 @ROOT_ONLY
 def test_del_uses_remembered_profile(stack: Stack, spaces: Namespaces) -> None:
-    pool = unique_name("pool-")
-    status, payload = stack.ipamd.request(
-        "POST", "/v1/pools", {"name": pool, "cidr": "10.217.5.0/24", "gateway": "10.217.5.1"}
-    )
-    assert status == 201, payload
     master, _peer = spaces.veth_pair()
-    put(stack, f"/v1/nodes/{NODE}", {"cluster": CLUSTER, "labels": {"wire": "open-l2"}})
-    put(
-        stack,
-        "/v1/attach-profiles/open-l2",
-        {"nodeSelector": {"wire": "open-l2"}, "driver": "macvlan", "options": {"master": master}},
+    config = macvlan_profile_network(
+        stack, master, network="fallbacknet", cidr="10.217.5.0/24", gateway="10.217.5.1"
     )
-    config: dict[str, object] = {
-        "cniVersion": "1.0.0",
-        "name": "fallbacknet",
-        "type": "leasewire",
-        "pool": pool,
-    }
     netns = spaces.netns()
     code, stdout = stack.shim("ADD", config, CONTAINER, netns, "eth0")
     assert code == 0, stdout + stack.log()
@@ -100,11 +86,11 @@ def test_del_uses_remembered_profile(stack: Stack, spaces: Namespaces) -> None:
     restart_ipamd(stack)
 
     def released() -> bool:
-        leases = stack.ipamd.leases(pool, "released")
+        leases = stack.ipamd.leases(str(config["pool"]), "released")
         return [lease["owner"]["containerID"] for lease in leases] == [CONTAINER]
 
     wait_until(released, "the queued release", REPLAY_SECONDS)
-    assert stack.ipamd.leases(pool) == []
+    assert stack.ipamd.leases(str(config["pool"])) == []
     wait_until(lambda: not (state / QUEUE_FILE).exists(), "the queue file to go", REPLAY_SECONDS)
 
 

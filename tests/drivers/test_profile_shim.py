@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from .conftest import ROOT_ONLY, Namespaces, in_netns, ping, unique_name
-from .stack import CLUSTER, Stack, put, running_stack
+from .stack import CLUSTER, Stack, macvlan_profile_network, put, running_stack
 
 pytestmark = ROOT_ONLY
 
@@ -42,25 +42,11 @@ def lease_driver(stack: Stack, container: str) -> str | None:
 
 
 def test_profile_picks_driver_for_new_pods(stack: Stack, spaces: Namespaces) -> None:
-    pool = unique_name("pool-")
-    status, payload = stack.ipamd.request(
-        "POST", "/v1/pools", {"name": pool, "cidr": "10.217.4.0/24", "gateway": "10.217.4.1"}
-    )
-    assert status == 201, payload
     master, _peer = spaces.veth_pair()
     bridge = spaces.host_link(unique_name("lwtb"))
-    put(stack, f"/v1/nodes/{NODE}", {"cluster": CLUSTER, "labels": {"wire": "open-l2"}})
-    put(
-        stack,
-        "/v1/attach-profiles/open-l2",
-        {"nodeSelector": {"wire": "open-l2"}, "driver": "macvlan", "options": {"master": master}},
+    config = macvlan_profile_network(
+        stack, master, network="profilenet", cidr="10.217.4.0/24", gateway="10.217.4.1"
     )
-    config: dict[str, object] = {
-        "cniVersion": "1.0.0",
-        "name": "profilenet",
-        "type": "leasewire",
-        "pool": pool,
-    }
 
     # The node's profile names macvlan, the conflist names no driver.
     first = spaces.netns()
